@@ -24,6 +24,9 @@ public static class Page
     /// <summary>A PFN value meaning "no frame" (kernel: NULL page).</summary>
     public const ulong NoPfn = ulong.MaxValue;
 
+    /// <summary>Bytes covered by a mapping of <paramref name="order"/> (2^order base pages).</summary>
+    public static ulong Bytes(int order) => 1UL << (Shift + order);
+
     /// <summary>Rounds <paramref name="value"/> down to a multiple of <paramref name="size"/> (a power of two).</summary>
     public static ulong AlignDown(ulong value, ulong size) => value & ~(size - 1);
 

@@ -1,0 +1,62 @@
+using System.Diagnostics;
+
+namespace Hetmem.Cli.Bench;
+
+/// <summary>
+/// How a benchmark measurement should run. Measurements size their work from <see cref="Pages"/> and
+/// <see cref="Repetitions"/> so that <c>hetmem bench --quick</c> stays under a minute on two cores.
+/// </summary>
+public sealed class BenchOptions
+{
+    /// <summary>Creates options for a quick or a full run.</summary>
+    public BenchOptions(CliSettings settings, bool quick, CancellationToken cancellation = default)
+    {
+        Settings = settings;
+        Quick = quick;
+        Cancellation = cancellation;
+        Pages = quick ? 4096 : 16384;
+        Repetitions = quick ? 5 : 15;
+    }
+
+    /// <summary>The parsed options (<c>--ram</c>, <c>--dax-dir</c>, <c>--seed</c>).</summary>
+    public CliSettings Settings { get; }
+
+    /// <summary><c>--quick</c>: fewer pages and repetitions; every measurement together must take well under a minute.</summary>
+    public bool Quick { get; }
+
+    /// <summary>Pages a measurement should touch (4096 = 16 MiB quick, 16384 = 64 MiB full).</summary>
+    public int Pages { get; init; }
+
+    /// <summary>Timed repetitions after one warm-up.</summary>
+    public int Repetitions { get; init; }
+
+    /// <summary>Cancelled when the user interrupts the run.</summary>
+    public CancellationToken Cancellation { get; }
+
+    /// <summary>The seed (<c>--seed</c>).</summary>
+    public int Seed => Settings.Seed;
+
+    /// <summary>Runs <paramref name="sample"/> once to warm up, then <see cref="Repetitions"/> times, and returns the median.</summary>
+    public double Median(Func<double> sample)
+    {
+        ArgumentNullException.ThrowIfNull(sample);
+        sample();
+        var v = new double[Math.Max(1, Repetitions)];
+        for (int i = 0; i < v.Length; i++)
+        {
+            Cancellation.ThrowIfCancellationRequested();
+            v[i] = sample();
+        }
+        Array.Sort(v);
+        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[(v.Length / 2) - 1] + v[v.Length / 2]) / 2;
+    }
+
+    /// <summary>Nanoseconds <paramref name="action"/> takes, divided by <paramref name="count"/>.</summary>
+    public static double NsPer(int count, Action action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        long t0 = Stopwatch.GetTimestamp();
+        action();
+        return Stopwatch.GetElapsedTime(t0).TotalNanoseconds / Math.Max(1, count);
+    }
+}

@@ -1,0 +1,24 @@
+using System.CommandLine;
+
+namespace Hetmem.Cli.Commands;
+
+/// <summary><c>hetmem run WORKLOAD</c>.</summary>
+internal static class RunCommand
+{
+    public static (Command Command, string[] Examples) Create(CliApp app)
+    {
+        var workload = new Argument<string>("WORKLOAD")
+        {
+            Description = "The workload to run: " + string.Join(", ", WorkloadRunner.Names(app.Registries)),
+        };
+        var cmd = new Command("run", "Run one workload by name (a demo section, a scenario or a stress scenario) and print its checks and a verdict.");
+        cmd.Arguments.Add(workload);
+        cmd.SetAction((parse, ct) => Task.FromResult(app.Execute(parse, "run", ct, s => WorkloadRunner.Run(app, s, parse.GetValue(workload)!))));
+        return (cmd,
+        [
+            "hetmem run physical",
+            "hetmem run dax --dax-dir ./pmem --json",
+            "hetmem run physical-alloc --trace stress.json",
+        ]);
+    }
+}

@@ -1,0 +1,308 @@
+using Hetmem.Physical;
+using Hetmem.Storage;
+
+namespace Hetmem.Mm;
+
+/// <summary>madvise advice values (kernel: MADV_*, x86-64 numbering).</summary>
+public enum Advice
+{
+    /// <summary>No special treatment.</summary>
+    Normal = 0,
+    /// <summary>Expect access soon: read ahead / swap in.</summary>
+    WillNeed = 3,
+    /// <summary>Drop the pages; anonymous memory reads back as zeroes.</summary>
+    DontNeed = 4,
+    /// <summary>Pages may be freed lazily.</summary>
+    Free = 8,
+    /// <summary>Enable transparent huge pages.</summary>
+    HugePage = 14,
+    /// <summary>Disable transparent huge pages.</summary>
+    NoHugePage = 15,
+    /// <summary>Reclaim the pages now.</summary>
+    PageOut = 21,
+    /// <summary>Fault the range in for read.</summary>
+    PopulateRead = 22,
+    /// <summary>Fault the range in for write.</summary>
+    PopulateWrite = 23,
+}
+
+/// <summary>madvise and msync (kernel: mm/madvise.c, mm/msync.c).</summary>
+public sealed unsafe partial class AddressSpace
+{
+    /// <summary>Gives advice about [<paramref name="address"/>, +<paramref name="length"/>) (kernel: madvise).</summary>
+    /// <exception cref="MmException">EINVAL (unaligned, unknown advice, advice not valid for the VMA: DONTNEED/FREE on
+    /// locked, PFN-map or hugetlb-FREE VMAs, POPULATE on PFN maps or without permission), ENOMEM (part of the range
+    /// unmapped; the mapped parts are still advised, as the kernel does), EFAULT (POPULATE hit SIGBUS).</exception>
+    public void Madvise(ulong address, ulong length, Advice advice)
+    {
+        if (!Page.IsAligned(address, Page.Size))
+        {
+            MmException.Throw(Errno.EINVAL, $"madvise: address 0x{address:x} is not page aligned");
+        }
+        if (!Enum.IsDefined(advice))
+        {
+            MmException.Throw(Errno.EINVAL, $"madvise: unknown advice {(int)advice}");
+        }
+        ulong len = Page.AlignUp(length, Page.Size);
+        if (len < length || address + len < address)
+        {
+            MmException.Throw(Errno.EINVAL, "madvise: range wraps");
+        }
+        if (len == 0)
+        {
+            return;
+        }
+        ulong end = address + len;
+        bool write = advice is Advice.HugePage or Advice.NoHugePage;
+        if (write)
+        {
+            MmapLock.EnterWrite();
+        }
+        else
+        {
+            MmapLock.EnterRead();
+        }
+        try
+        {
+            ThrowIfDead();
+            List<Vma> vmas = Vmas.Snapshot(address, end);
+            foreach (Vma v in vmas)
+            {
+                bool special = (v.Flags & (VmFlags.PfnMap | VmFlags.Io)) != 0;
+                switch (advice)
+                {
+                    case Advice.DontNeed or Advice.Free when special || (v.Flags & VmFlags.Locked) != 0:
+                    case Advice.Free when v.Kind != VmaKind.Anonymous:
+                    case Advice.PopulateRead or Advice.PopulateWrite when special:
+                        MmException.Throw(Errno.EINVAL, $"madvise({advice}) is not valid for {v}");
+                        break;
+                    case Advice.PopulateWrite when (v.Flags & VmFlags.Write) == 0:
+                    case Advice.PopulateRead when (v.Flags & VmFlags.Read) == 0:
+                        MmException.Throw(Errno.EINVAL, $"madvise({advice}) needs {(advice == Advice.PopulateWrite ? "write" : "read")} permission on {v}");
+                        break;
+                }
+            }
+            ulong cursor = address;
+            bool hole = false;
+            foreach (Vma v in vmas)
+            {
+                hole |= v.Start > cursor;
+                cursor = v.End;
+            }
+            hole |= cursor < end;
+            switch (advice)
+            {
+                case Advice.DontNeed:
+                case Advice.Free:
+                    foreach (Vma v in vmas)
+                    {
+                        ulong s = Math.Max(v.Start, address), e = Math.Min(v.End, end);
+                        if (v.Kind == VmaKind.HugeTlb)
+                        {
+                            ulong hs = Page.Bytes(v.HugeOrder);
+                            s = Page.AlignUp(s, hs);
+                            e = Page.AlignDown(e, hs);
+                            if (s >= e)
+                            {
+                                continue;
+                            }
+                        }
+                        var range = new MmuNotifierRange(this, s, e, MmuNotifierEvent.Clear);
+                        Notifiers.InvalidateRangeStart(range);
+                        MmuGather g = MmuGather.Rent();
+                        ZapRange(v, s, e, g);
+                        Notifiers.InvalidateRangeEnd(range);
+                        FinishGather(g);
+                    }
+                    break;
+                case Advice.WillNeed:
+                    foreach (Vma v in vmas)
+                    {
+                        if (v.File is { Kind: MappableKind.PageCache or MappableKind.Shmem } f)
+                        {
+                            ulong s = v.PgoffOf(Math.Max(v.Start, address)), e = v.PgoffOf(Math.Min(v.End, end));
+                            ulong eof = Page.AlignUp(f.Size, Page.Size) >> Page.Shift;
+                            for (ulong p = s; p < Math.Min(e, eof); p++)
+                            {
+                                if (f.GetPage(p, false, 0, out ulong pfn, out _) == Errno.Ok)
+                                {
+                                    Memory.Put(pfn);
+                                }
+                            }
+                        }
+                    }
+                    break;
+                case Advice.HugePage:
+                case Advice.NoHugePage:
+                    foreach (Vma v in SplitForRangeLocked(address, end))
+                    {
+                        VmFlags nf = advice == Advice.HugePage
+                            ? (v.Flags | VmFlags.HugePage) & ~VmFlags.NoHugePage
+                            : (v.Flags | VmFlags.NoHugePage) & ~VmFlags.HugePage;
+                        if (nf != v.Flags)
+                        {
+                            Vma nv = v.With(v.Start, v.End, nf);
+                            ReplaceVmasLocked([v], [nv]);
+                            MergeAroundLocked(nv);
+                        }
+                    }
+                    break;
+                case Advice.PageOut:
+                    foreach (Vma v in vmas)
+                    {
+                        Reclaim.PageOutRange(this, v, Math.Max(v.Start, address), Math.Min(v.End, end));
+                    }
+                    break;
+                case Advice.PopulateRead:
+                case Advice.PopulateWrite:
+                    foreach (Vma v in vmas)
+                    {
+                        VmFault r = PopulateVmaLocked(v, Math.Max(v.Start, address), Math.Min(v.End, end), advice == Advice.PopulateWrite);
+                        if (r != VmFault.Ok)
+                        {
+                            MmException.Throw(r == VmFault.Oom ? Errno.ENOMEM : Errno.EFAULT, $"madvise({advice}) could not fault in {v}: {r}");
+                        }
+                    }
+                    break;
+            }
+            if (hole)
+            {
+                MmException.Throw(Errno.ENOMEM, $"madvise: part of [0x{address:x}, 0x{end:x}) is not mapped");
+            }
+        }
+        finally
+        {
+            if (write)
+            {
+                MmapLock.ExitWrite();
+            }
+            else
+            {
+                MmapLock.ExitRead();
+            }
+        }
+    }
+
+    /// <summary>Faults in every page of [start, end) (kernel: populate_vma_page_range / MAP_POPULATE). Mmap lock held.</summary>
+    internal void PopulateLocked(ulong start, ulong end, bool write, bool ignoreErrors)
+    {
+        foreach (Vma v in Vmas.Snapshot(start, end))
+        {
+            VmFault r = PopulateVmaLocked(v, Math.Max(start, v.Start), Math.Min(end, v.End), write && (v.Flags & VmFlags.Write) != 0);
+            if (r != VmFault.Ok && !ignoreErrors)
+            {
+                ThrowForFault(r, v.Start);
+            }
+        }
+    }
+
+    private VmFault PopulateVmaLocked(Vma v, ulong start, ulong end, bool write)
+    {
+        if ((v.Flags & (VmFlags.Read | VmFlags.Write)) == 0 || (v.Flags & (VmFlags.PfnMap | VmFlags.Io)) != 0)
+        {
+            return VmFault.Ok;
+        }
+        for (ulong a = start; a < end;)
+        {
+            VmFault r = FaultUntilDoneLocked(v, a, write ? FaultFlags.Write | FaultFlags.Remote : FaultFlags.Remote);
+            if (r != VmFault.Ok)
+            {
+                return r;
+            }
+            Lookup(a, out int order, out _);
+            ulong step = Page.Bytes(order);
+            a = Page.AlignDown(a, step) + step;
+        }
+        return VmFault.Ok;
+    }
+
+    /// <summary>msync flags (kernel: MS_*).</summary>
+    [Flags]
+    public enum MsyncFlags
+    {
+        /// <summary>Schedule writeback.</summary>
+        Async = 1,
+        /// <summary>Invalidate other mappings.</summary>
+        Invalidate = 2,
+        /// <summary>Write back and wait.</summary>
+        Sync = 4,
+    }
+
+    /// <summary>
+    /// Writes back dirty shared file pages of [<paramref name="address"/>, +<paramref name="length"/>)
+    /// (kernel: msync). Dirty entries are write-protected inside a PROTECTION_PAGE bracket so later writes are seen.
+    /// </summary>
+    /// <exception cref="MmException">EINVAL (unaligned, unknown flags, both ASYNC and SYNC), ENOMEM (unmapped part).</exception>
+    public void Msync(ulong address, ulong length, MsyncFlags flags)
+    {
+        if (!Page.IsAligned(address, Page.Size) || (flags & ~(MsyncFlags.Async | MsyncFlags.Invalidate | MsyncFlags.Sync)) != 0
+            || (flags & (MsyncFlags.Async | MsyncFlags.Sync)) == (MsyncFlags.Async | MsyncFlags.Sync))
+        {
+            MmException.Throw(Errno.EINVAL, $"msync: bad address 0x{address:x} or flags {flags}");
+        }
+        ulong len = Page.AlignUp(length, Page.Size);
+        ulong end = address + len;
+        if (end < address)
+        {
+            MmException.Throw(Errno.ENOMEM, "msync: range wraps");
+        }
+        using (MmapLock.Read())
+        {
+            ulong cursor = address;
+            foreach (Vma v in Vmas.Snapshot(address, end))
+            {
+                bool hole = v.Start > cursor;
+                cursor = v.End;
+                if (hole)
+                {
+                    MmException.Throw(Errno.ENOMEM, "msync: part of the range is not mapped");
+                }
+                if (!v.IsShared || v.File is null)
+                {
+                    continue;
+                }
+                ulong s = Math.Max(v.Start, address), e = Math.Min(v.End, end);
+                CleanDirtyEntries(v, s, e);
+                if (v.File is Inode inode && (flags & MsyncFlags.Sync) != 0)
+                {
+                    inode.Fsync();
+                }
+            }
+            if (cursor < end && length != 0)
+            {
+                MmException.Throw(Errno.ENOMEM, "msync: part of the range is not mapped");
+            }
+        }
+    }
+
+    /// <summary>Transfers PTE dirty bits to the file and write-protects the entries (kernel: page_mkclean via writeback).</summary>
+    private void CleanDirtyEntries(Vma v, ulong start, ulong end)
+    {
+        var range = new MmuNotifierRange(this, start, end, MmuNotifierEvent.ProtectionPage);
+        Notifiers.InvalidateRangeStart(range);
+        bool flush = false;
+        for (ulong a = start; a < end;)
+        {
+            Pte e = Lookup(a, out int order, out ulong* slot);
+            ulong step = Page.Bytes(order);
+            if (slot != null && e.IsPresent && e.IsDirty)
+            {
+                lock (PtlFor(slot))
+                {
+                    if (*slot == e.Value)
+                    {
+                        *slot = e.Value & ~(Pte.Dirty | Pte.Write);
+                        flush = true;
+                    }
+                }
+                v.File!.MarkDirty(v.PgoffOf(Page.AlignDown(a, step)));
+            }
+            a = Page.AlignDown(a, step) + step;
+        }
+        if (flush)
+        {
+            FlushTlb();
+        }
+        Notifiers.InvalidateRangeEnd(range);
+    }
+}

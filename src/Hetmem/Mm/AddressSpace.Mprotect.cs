@@ -1,0 +1,180 @@
+using Hetmem.Physical;
+
+namespace Hetmem.Mm;
+
+/// <summary>mprotect (kernel: mm/mprotect.c).</summary>
+public sealed unsafe partial class AddressSpace
+{
+    /// <summary>Changes the protection of [<paramref name="address"/>, +<paramref name="length"/>) (kernel: mprotect).</summary>
+    /// <exception cref="MmException">EINVAL (unaligned address, unknown bits), ENOMEM (part of the range is unmapped),
+    /// EACCES (PROT_WRITE on a shared mapping of a file not open for writing).</exception>
+    public void Mprotect(ulong address, ulong length, Prot prot)
+    {
+        if (!Page.IsAligned(address, Page.Size))
+        {
+            MmException.Throw(Errno.EINVAL, $"mprotect: address 0x{address:x} is not page aligned");
+        }
+        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
+        {
+            MmException.Throw(Errno.EINVAL, $"mprotect: unknown protection bits {prot}");
+        }
+        if (length == 0)
+        {
+            return;
+        }
+        ulong len = Page.AlignUp(length, Page.Size);
+        if (len == 0 || address + len < address)
+        {
+            MmException.Throw(Errno.ENOMEM, "mprotect: range wraps");
+        }
+        ulong end = address + len;
+        using (MmapLock.Write())
+        {
+            ThrowIfDead();
+            // Validate everything before changing anything: the range must be fully mapped, permissions allowed.
+            ulong cursor = address;
+            foreach (Vma v in Vmas.Intersecting(address, end))
+            {
+                if (v.Start > cursor)
+                {
+                    MmException.Throw(Errno.ENOMEM, $"mprotect: 0x{cursor:x} is not mapped");
+                }
+                if ((prot & Prot.Write) != 0 && (v.Flags & VmFlags.MayWrite) == 0)
+                {
+                    MmException.Throw(Errno.EACCES, $"mprotect: {v} may not become writable");
+                }
+                if (v.Kind == VmaKind.HugeTlb)
+                {
+                    ulong hs = Page.Bytes(v.HugeOrder);
+                    if (address > v.Start && !Page.IsAligned(address, hs) || end < v.End && !Page.IsAligned(end, hs))
+                    {
+                        MmException.Throw(Errno.EINVAL, $"mprotect splits hugetlb VMA {v} off a huge-page boundary");
+                    }
+                }
+                cursor = v.End;
+            }
+            if (cursor < end)
+            {
+                MmException.Throw(Errno.ENOMEM, $"mprotect: 0x{cursor:x} is not mapped");
+            }
+            foreach (Vma v in SplitForRangeLocked(address, end))
+            {
+                VmFlags nf = (v.Flags & ~(VmFlags.Read | VmFlags.Write | VmFlags.Exec)) | (VmFlags)(int)prot;
+                if (nf == v.Flags)
+                {
+                    continue;
+                }
+                Vma nv = v.With(v.Start, v.End, nf);
+                ReplaceVmasLocked([v], [nv]);
+                ChangeProtection(nv, prot);
+                MergeAroundLocked(nv);
+            }
+        }
+    }
+
+    /// <summary>Rewrites present entries of a VMA for a new protection inside PROTECTION_VMA brackets, one per PMD-sized chunk that has entries.</summary>
+    private void ChangeProtection(Vma v, Prot prot)
+    {
+        bool noAccess = (prot & (Prot.Read | Prot.Write | Prot.Exec)) == 0;
+        bool noWrite = (prot & Prot.Write) == 0;
+        bool flush = false;
+        ulong addr = v.Start;
+        while (addr < v.End)
+        {
+            int level = v.Kind == VmaKind.HugeTlb ? v.HugeOrder : 0;
+            ulong chunkEnd = Math.Min(Page.AlignDown(addr, Page.PmdSize) + Page.PmdSize, v.End);
+            if (level == Page.PudOrder)
+            {
+                chunkEnd = Math.Min(Page.AlignDown(addr, Page.PudSize) + Page.PudSize, v.End);
+            }
+            if (!RangeHasEntries(addr, chunkEnd))
+            {
+                addr = chunkEnd;
+                continue;
+            }
+            var range = new MmuNotifierRange(this, addr, chunkEnd, MmuNotifierEvent.ProtectionVma);
+            Notifiers.InvalidateRangeStart(range);
+            for (ulong a = addr; a < chunkEnd;)
+            {
+                Pte e = Lookup(a, out int order, out ulong* slot);
+                ulong step = Page.Bytes(order);
+                if (slot == null || e.IsNone)
+                {
+                    a = Page.AlignDown(a, step) + step;
+                    continue;
+                }
+                if (order > 0 && (e.Value & Pte.Huge) == 0)
+                {
+                    a = Page.AlignDown(a, step) + step; // missing lower table
+                    continue;
+                }
+                if (order == Page.PmdOrder && v.Kind == VmaKind.Anonymous && (Page.AlignDown(a, step) < v.Start || Page.AlignDown(a, step) + step > v.End))
+                {
+                    SplitHugePmdLocked(Page.AlignDown(a, step), slot);
+                    flush = true;
+                    continue;
+                }
+                lock (PtlFor(slot))
+                {
+                    var cur = new Pte(Volatile.Read(ref *slot));
+                    ulong nv = cur.Value;
+                    if (cur.MapsPage)
+                    {
+                        if (noAccess)
+                        {
+                            nv = (nv & ~(Pte.Present | Pte.Write)) | Pte.ProtNone;
+                        }
+                        else
+                        {
+                            if (cur.IsProtNone)
+                            {
+                                nv = (nv & ~Pte.ProtNone) | Pte.Present;
+                            }
+                            if (noWrite)
+                            {
+                                nv &= ~Pte.Write;
+                            }
+                            else if (v.IsShared && cur.IsDirty && cur.IsPresent)
+                            {
+                                nv |= Pte.Write; // already dirty: no need to trap the next write
+                            }
+                        }
+                    }
+                    else if (noWrite && cur.SwapWritable && cur.SwapType is SwapEntryType.DevicePrivate or SwapEntryType.Migration or SwapEntryType.DeviceExclusive)
+                    {
+                        nv = Pte.MakeSwap(cur.SwapType, cur.Pfn, false, cur.SwapHuge).Value;
+                    }
+                    if (nv != cur.Value)
+                    {
+                        *slot = nv;
+                        flush |= cur.IsPresent;
+                    }
+                }
+                a = Page.AlignDown(a, step) + step;
+            }
+            if (flush)
+            {
+                FlushTlb();
+                flush = false;
+            }
+            Notifiers.InvalidateRangeEnd(range);
+            addr = chunkEnd;
+        }
+    }
+
+    /// <summary>True when any leaf entry exists in [start, end) (lock-free peek used to skip empty chunks).</summary>
+    private bool RangeHasEntries(ulong start, ulong end)
+    {
+        for (ulong a = start; a < end;)
+        {
+            Pte e = Lookup(a, out int order, out _);
+            if (!e.IsNone)
+            {
+                return true;
+            }
+            ulong step = Page.Bytes(order);
+            a = Page.AlignDown(a, step) + step;
+        }
+        return false;
+    }
+}

@@ -1,0 +1,96 @@
+using Hetmem.Physical;
+
+namespace Hetmem.Mm;
+
+/// <summary>Special mappings: remap_pfn_range (VM_PFNMAP|VM_IO) and vm_insert_page (VM_MIXEDMAP).</summary>
+public sealed unsafe partial class AddressSpace
+{
+    /// <summary>
+    /// Maps <paramref name="pageCount"/> frames from <paramref name="firstPfn"/> as a VM_PFNMAP | VM_IO region with special
+    /// entries, like a driver's remap_pfn_range of a register window. The pages are not reference counted; HMM
+    /// reports them as errors and devices cannot fault them.
+    /// </summary>
+    /// <exception cref="MmException">EINVAL for a zero count, or PFNs without host memory; ENOMEM when no room.</exception>
+    public ulong MapPfnRange(ulong address, ulong firstPfn, ulong pageCount, Prot prot)
+    {
+        if (pageCount == 0)
+        {
+            MmException.Throw(Errno.EINVAL, "remap_pfn_range of zero pages");
+        }
+        for (ulong i = 0; i < pageCount; i++)
+        {
+            if (Memory.Address(firstPfn + i) == null)
+            {
+                MmException.Throw(Errno.EINVAL, $"PFN 0x{firstPfn + i:x} has no memory behind it");
+            }
+        }
+        ulong len = pageCount << Page.Shift;
+        using (MmapLock.Write())
+        {
+            ThrowIfDead();
+            ulong start = address != 0 && Page.IsAligned(address, Page.Size) && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(0, len, Page.Size);
+            var vma = new Vma(this, start, start + len, (VmFlags)(int)prot | VmFlags.Shared | VmFlags.MayRead | VmFlags.MayWrite | VmFlags.PfnMap | VmFlags.Io | VmFlags.DontExpand,
+                VmaKind.PfnMap, null, firstPfn, null);
+            for (ulong i = 0; i < pageCount; i++)
+            {
+                ulong* pte = PteEntry(start + (i << Page.Shift), alloc: true);
+                if (pte == null)
+                {
+                    MmException.Throw(Errno.ENOMEM, "remap_pfn_range: no memory for page tables");
+                }
+                *pte = Pte.Make(firstPfn + i, (prot & Prot.Write) != 0, Pte.Special | Pte.Dirty).Value;
+            }
+            Vmas.Insert(vma);
+            return start;
+        }
+    }
+
+    /// <summary>
+    /// Creates a VM_MIXEDMAP mapping and fills it with freshly allocated, zeroed pages inserted one by one (kernel: a
+    /// driver's mmap calling vm_insert_page, as the HMM test device does). A private mapping's pages are inserted
+    /// read-only and copied on write.
+    /// </summary>
+    /// <exception cref="MmException">EINVAL for a zero length, ENOMEM when memory or room runs out.</exception>
+    public ulong MapMixedPages(ulong address, ulong length, Prot prot, MapFlags flags)
+    {
+        if (length == 0)
+        {
+            MmException.Throw(Errno.EINVAL, "vm_insert_page mapping of zero length");
+        }
+        ulong len = Page.AlignUp(length, Page.Size);
+        bool shared = (flags & MapFlags.SharedValidate) != MapFlags.Private;
+        using (MmapLock.Write())
+        {
+            ThrowIfDead();
+            ulong start = address != 0 && Page.IsAligned(address, Page.Size) && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(0, len, Page.Size);
+            VmFlags vf = (VmFlags)(int)prot | VmFlags.MayRead | VmFlags.MayWrite | VmFlags.MixedMap | (shared ? VmFlags.Shared | VmFlags.MayShare : 0);
+            var vma = new Vma(this, start, start + len, vf, VmaKind.MixedMap, null, start >> Page.Shift, new AnonVma());
+            var installed = new List<(ulong Address, ulong Pfn)>();
+            for (ulong a = start; a < start + len; a += Page.Size)
+            {
+                ulong pfn = Memory.Allocate(0, zero: true);
+                ulong* pte = pfn == Page.NoPfn ? null : PteEntry(a, alloc: true);
+                if (pte == null)
+                {
+                    if (pfn != Page.NoPfn)
+                    {
+                        Memory.Put(pfn);
+                    }
+                    foreach ((ulong ia, ulong ipfn) in installed)
+                    {
+                        *PteEntry(ia, alloc: false) = 0;
+                        Memory.RemoveMap(ipfn);
+                        Memory.Put(ipfn);
+                    }
+                    MmException.Throw(Errno.ENOMEM, "vm_insert_page: out of memory");
+                }
+                // The driver keeps no reference: the mapping's reference is the page's only one.
+                *pte = Pte.Make(pfn, shared && (prot & Prot.Write) != 0).Value;
+                Memory.AddMap(pfn);
+                installed.Add((a, pfn));
+            }
+            Vmas.Insert(vma);
+            return start;
+        }
+    }
+}
