@@ -1,9 +1,11 @@
 using System.CommandLine;
+using System.Diagnostics;
 using System.Globalization;
 using Hetmem.Cli.Rendering;
 using Hetmem.Cli.Selftests;
 using Hetmem.Cli.Workloads;
 using Hetmem.Diagnostics;
+using Spectre.Console;
 
 namespace Hetmem.Cli.Commands;
 
@@ -77,7 +79,9 @@ internal static class StressCommand
             {
                 session.Log($"stress: {w.Name} for {duration.TotalSeconds} s");
                 WorkloadContext ctx = session.NewContext(duration, threads);
-                WorkloadResult r = DemoWorkload.RunSection(w, ctx);
+                WorkloadResult r = app.Io.IsTerminal && !session.Settings.Json
+                    ? WithProgress(app, w, ctx, duration)
+                    : DemoWorkload.RunSection(w, ctx);
                 long v = Invariants.Violations - violationsBefore;
                 r.Check("no invariant violation was reported", v == 0, string.Create(CultureInfo.InvariantCulture, $"{v} violations"));
                 results.Add(r);
@@ -93,5 +97,27 @@ internal static class StressCommand
         ResultRenderer.Render(app.Io, session.Settings, results, "stress", all,
             w => w.WriteNumber("duration_s", duration.TotalSeconds));
         return results.All(r => r.Passed) ? ExitCodes.Ok : ExitCodes.Failed;
+    }
+
+    // A progress bar over the scenario's duration, shown only on a terminal.
+    private static WorkloadResult WithProgress(CliApp app, IWorkload w, WorkloadContext ctx, TimeSpan duration)
+    {
+        WorkloadResult? result = null;
+        app.Io.Ui.Progress()
+            .AutoClear(true)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new ElapsedTimeColumn(), new SpinnerColumn())
+            .Start(progress =>
+            {
+                ProgressTask task = progress.AddTask(w.Name, maxValue: duration.TotalSeconds);
+                var stopwatch = Stopwatch.StartNew();
+                Task<WorkloadResult> run = Task.Factory.StartNew(() => DemoWorkload.RunSection(w, ctx), TaskCreationOptions.LongRunning);
+                while (!run.Wait(100))
+                {
+                    task.Value = Math.Min(stopwatch.Elapsed.TotalSeconds, duration.TotalSeconds);
+                }
+                task.Value = task.MaxValue;
+                result = run.GetAwaiter().GetResult();
+            });
+        return result!;
     }
 }

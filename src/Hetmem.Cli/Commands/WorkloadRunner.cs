@@ -22,7 +22,12 @@ internal static class WorkloadRunner
         }
         session.Log($"running workload {workload.Name} (seed {session.Settings.Seed}, ram {SizeParser.Format(session.Settings.RamBytes)})");
         WorkloadContext ctx = session.NewContext();
-        WorkloadResult result = DemoWorkload.RunSection(workload, ctx, catchErrors: false);
+        IEnumerable<string> plan = workload is DemoWorkload ? app.Registries.DemoSections.Names : [workload.Name];
+        WorkloadResult result = SpectreWorkloadProgress.Run(app.Io, session.Settings, plan, progress =>
+        {
+            ctx.Progress = progress;
+            return DemoWorkload.RunSection(workload, ctx, catchErrors: false);
+        });
         IReadOnlyList<string> notes = session.Finish();
         ResultRenderer.Render(app.Io, session.Settings, [result], workload.Name, notes);
         return result.Passed ? ExitCodes.Ok : ExitCodes.Failed;

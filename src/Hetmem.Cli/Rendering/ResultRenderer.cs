@@ -55,6 +55,12 @@ internal static class ResultRenderer
                         Json.NumberOrNull(w, k, v);
                     }
                     w.WriteEndObject();
+                    w.WriteStartArray("tables");
+                    foreach (ResultTable t in r.Tables)
+                    {
+                        WriteTableJson(w, t);
+                    }
+                    w.WriteEndArray();
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();
@@ -86,6 +92,10 @@ internal static class ResultRenderer
             }
         }
         io.Ui.Write(table);
+        foreach (ResultTable t in results.SelectMany(r => r.Tables))
+        {
+            io.Ui.Write(ToSpectre(t));
+        }
 
         var counters = results.SelectMany(r => r.Counters.Select(kv => (Key: results.Count > 1 || r.Name != title ? $"{r.Name}.{kv.Key}" : kv.Key, kv.Value))).ToList();
         if (counters.Count > 0)
@@ -101,6 +111,46 @@ internal static class ResultRenderer
         }
         WriteNotes(io, notes);
         io.Ui.MarkupLine(Verdict(results, title, markup: true));
+    }
+
+    /// <summary>A Spectre table of <paramref name="t"/>.</summary>
+    public static Table ToSpectre(ResultTable t)
+    {
+        var table = new Table { Border = TableBorder.Rounded, Title = new TableTitle(Markup.Escape(t.Title)) };
+        for (int i = 0; i < t.Columns.Count; i++)
+        {
+            var c = new TableColumn(Markup.Escape(t.Columns[i]));
+            table.AddColumn(t.RightAligned.Contains(i) ? c.RightAligned() : c);
+        }
+        foreach (IReadOnlyList<string> row in t.Rows)
+        {
+            table.AddRow(row.Select(cell => new Markup(Markup.Escape(cell))).ToArray());
+        }
+        return table;
+    }
+
+    private static void WriteTableJson(Utf8JsonWriter w, ResultTable t)
+    {
+        w.WriteStartObject();
+        w.WriteString("title", t.Title);
+        w.WriteStartArray("columns");
+        foreach (string c in t.Columns)
+        {
+            w.WriteStringValue(c);
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("rows");
+        foreach (IReadOnlyList<string> row in t.Rows)
+        {
+            w.WriteStartArray();
+            foreach (string cell in row)
+            {
+                w.WriteStringValue(cell);
+            }
+            w.WriteEndArray();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
     }
 
     public static void WriteNotes(CliIo io, IReadOnlyList<string> notes)

@@ -22,8 +22,10 @@ public sealed class DemoWorkload(WorkloadRegistry sections) : IWorkload
         foreach (IWorkload section in sections.All)
         {
             context.Cancellation.ThrowIfCancellationRequested();
-            context.Log($"demo: section {section.Name}");
-            result.Merge(RunSection(section, context));
+            context.Report(section.Name, "running", 0);
+            WorkloadResult r = RunSection(section, context);
+            context.Report(section.Name, r.Passed ? "passed" : "FAILED", 1);
+            result.Merge(r);
         }
         if (sections.Count == 0)
         {

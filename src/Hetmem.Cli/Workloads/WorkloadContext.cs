@@ -87,6 +87,16 @@ public sealed class WorkloadContext : IDisposable
     /// <summary>True when DAX files outlive the run (<c>--dax-dir</c> was given).</summary>
     public bool KeepsDaxFiles => Settings.DaxDir is not null;
 
+    /// <summary>Where the workload reports its phases (progress bars on a terminal); ignores everything by default.</summary>
+    public IWorkloadProgress Progress { get; set; } = NullWorkloadProgress.Instance;
+
+    /// <summary>Reports that <paramref name="workload"/> is in <paramref name="phase"/>, <paramref name="fraction"/> done, and logs it with <c>--verbose</c>.</summary>
+    public void Report(string workload, string phase, double fraction)
+    {
+        Progress.Report(workload, phase, Math.Clamp(fraction, 0, 1));
+        Log($"{workload}: {phase}");
+    }
+
     /// <summary>Writes a progress line to stderr when <c>--verbose</c> is set.</summary>
     public void Log(string message)
     {

@@ -22,6 +22,7 @@ public sealed class WorkloadResult
     private readonly List<WorkloadCheck> _checks = [];
     private readonly Dictionary<string, double> _counters = new(StringComparer.Ordinal);
     private readonly List<string> _counterOrder = [];
+    private readonly List<ResultTable> _tables = [];
 
     /// <summary>Creates an empty result.</summary>
     public WorkloadResult(string name) => Name = name;
@@ -34,6 +35,17 @@ public sealed class WorkloadResult
 
     /// <summary>The counters, in the order they were first set.</summary>
     public IReadOnlyList<KeyValuePair<string, double>> Counters => [.. _counterOrder.Select(k => KeyValuePair.Create(k, _counters[k]))];
+
+    /// <summary>Extra tables to show after the checks (a maps dump, counters, one per device), in the order added.</summary>
+    public IReadOnlyList<ResultTable> Tables => _tables;
+
+    /// <summary>Adds a table with <paramref name="columns"/>; fill it with <see cref="ResultTable.AddRow"/>.</summary>
+    public ResultTable Table(string title, params string[] columns)
+    {
+        var t = new ResultTable(title, columns);
+        _tables.Add(t);
+        return t;
+    }
 
     /// <summary>Wall time of the run (set by the runner).</summary>
     public TimeSpan Elapsed { get; set; }
@@ -122,9 +134,65 @@ public sealed class WorkloadResult
     {
         ArgumentNullException.ThrowIfNull(section);
         _checks.AddRange(section.Checks);
+        _tables.AddRange(section.Tables);
         foreach ((string k, double v) in section.Counters)
         {
             Counter(section.Name + "." + k, v);
         }
+    }
+}
+
+/// <summary>A table a workload shows after its checks (rendered by Spectre, or as <c>{title, columns, rows}</c> in JSON).</summary>
+public sealed class ResultTable
+{
+    private readonly List<string[]> _rows = [];
+
+    /// <summary>Creates an empty table.</summary>
+    /// <exception cref="ArgumentException">When there are no columns.</exception>
+    public ResultTable(string title, params string[] columns)
+    {
+        ArgumentNullException.ThrowIfNull(columns);
+        if (columns.Length == 0)
+        {
+            throw new ArgumentException("a table needs at least one column", nameof(columns));
+        }
+        Title = title;
+        Columns = [.. columns];
+    }
+
+    /// <summary>The title.</summary>
+    public string Title { get; }
+
+    /// <summary>Column headers.</summary>
+    public IReadOnlyList<string> Columns { get; }
+
+    /// <summary>Rows, each with one cell a column.</summary>
+    public IReadOnlyList<IReadOnlyList<string>> Rows => _rows;
+
+    /// <summary>Columns whose cells are right-aligned (numbers).</summary>
+    public ISet<int> RightAligned { get; } = new HashSet<int>();
+
+    /// <summary>Adds a row.</summary>
+    /// <exception cref="ArgumentException">When the number of cells differs from the number of columns.</exception>
+    public ResultTable AddRow(params string[] cells)
+    {
+        ArgumentNullException.ThrowIfNull(cells);
+        if (cells.Length != Columns.Count)
+        {
+            throw new ArgumentException($"table '{Title}' has {Columns.Count} columns, the row has {cells.Length} cells", nameof(cells));
+        }
+        _rows.Add([.. cells]);
+        return this;
+    }
+
+    /// <summary>Marks columns as numeric (right-aligned).</summary>
+    public ResultTable AlignRight(params int[] columns)
+    {
+        ArgumentNullException.ThrowIfNull(columns);
+        foreach (int c in columns)
+        {
+            RightAligned.Add(c);
+        }
+        return this;
     }
 }

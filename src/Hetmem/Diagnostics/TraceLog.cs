@@ -357,14 +357,8 @@ public static class TraceLog
                 b.CopyTo(events);
             }
         }
-        TraceEvent[] array = [.. events];
-        // Stable by start time; ties keep per-thread order.
-        var keys = new long[array.Length];
-        for (int i = 0; i < array.Length; i++)
-        {
-            keys[i] = array[i].Timestamp;
-        }
-        Array.Sort(keys, array);
+        // OrderBy is stable: events with equal timestamps keep their per-thread order.
+        TraceEvent[] array = [.. events.OrderBy(e => e.Timestamp)];
         TraceTrackInfo[] tracks = Volatile.Read(ref s_tracks);
         var used = new SortedSet<int>();
         foreach (TraceEvent e in array)

@@ -98,4 +98,183 @@ public sealed unsafe partial class AddressSpace
         }
         return 1UL << 62;
     }
+
+    /// <summary>
+    /// Walks the VMA tree and every page table and checks the mm's invariants (kernel: validate_mm plus the
+    /// CONFIG_DEBUG_VM checks of the page-table walkers). Takes the mmap lock for write, so no fault or system call
+    /// runs meanwhile. Returns the map count this space contributes to each frame (head frame for huge leaves), so
+    /// callers can check frame map counts across several spaces.
+    /// </summary>
+    /// <remarks>
+    /// Checked: the VMA tree's order and augmentation; every leaf lies inside a VMA and a huge leaf inside one VMA;
+    /// a present writable entry only in a VM_WRITE VMA, a present entry only in an accessible VMA; every counted frame
+    /// an entry maps is allocated (not in the buddy allocator), referenced and mapped, with at least as many
+    /// references as this space's mappings; anonymous frames belong to an anon owner; swap entries own a swap slot;
+    /// table frames are marked as page tables and their number matches <see cref="PageTableFrames"/>.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">The first violation found, naming the address and the rule.</exception>
+    public Dictionary<ulong, int> CheckInvariants()
+    {
+        var mapped = new Dictionary<ulong, int>();
+        using (MmapLock.Write())
+        {
+            Vmas.CheckInvariants();
+            long tables = 0;
+            CheckTable(_pgd, 3, 0, mapped, ref tables);
+            long orphans;
+            lock (_orphanLock)
+            {
+                orphans = _orphanTables.Count;
+            }
+            if (IsAlive && tables + orphans != PageTableFrames)
+            {
+                throw new InvalidOperationException($"mm {Id}: {tables} reachable + {orphans} orphaned page tables, but {PageTableFrames} counted");
+            }
+            foreach ((ulong pfn, int maps) in mapped)
+            {
+                ref FrameInfo f = ref Memory.Frame(pfn);
+                int refs = Volatile.Read(ref Memory.Frame(Memory.Head(pfn)).RefCount);
+                if (f.Has(FrameFlags.Buddy) || refs <= 0)
+                {
+                    throw new InvalidOperationException($"mm {Id}: frame 0x{pfn:x} is mapped {maps} times but free (refs {refs}, flags 0x{f.Flags:x})");
+                }
+                if (Volatile.Read(ref f.MapCount) < maps)
+                {
+                    throw new InvalidOperationException($"mm {Id}: frame 0x{pfn:x} is mapped {maps} times here but its map count is {f.MapCount}");
+                }
+            }
+        }
+        return mapped;
+    }
+
+    private void CheckTable(ulong table, int level, ulong baseVa, Dictionary<ulong, int> mapped, ref long tables)
+    {
+        tables++;
+        if (!Memory.Frame(table).Has(FrameFlags.PageTable))
+        {
+            throw new InvalidOperationException($"mm {Id}: table frame 0x{table:x} (level {level}, va 0x{baseVa:x}) is not marked as a page table");
+        }
+        ulong* t = TablePtr(table);
+        int shift = Page.Shift + 9 * level;
+        for (int i = 0; i < 512; i++)
+        {
+            var e = new Pte(Volatile.Read(ref t[i]));
+            if (e.IsNone)
+            {
+                continue;
+            }
+            ulong va = baseVa + ((ulong)i << shift);
+            bool leaf = level == 0 || (e.Value & Pte.Huge) != 0 || !e.IsPresent && !e.IsProtNone;
+            if (level == 3 && !leaf)
+            {
+                CheckTable(e.Pfn, 2, va, mapped, ref tables);
+                continue;
+            }
+            if (!leaf)
+            {
+                CheckTable(e.Pfn, level - 1, va, mapped, ref tables);
+                continue;
+            }
+            if (level == 3)
+            {
+                throw new InvalidOperationException($"mm {Id}: leaf entry {e} in the PGD at 0x{va:x}");
+            }
+            CheckLeaf(va, e, 9 * level, mapped);
+        }
+    }
+
+    private void CheckLeaf(ulong va, Pte e, int order, Dictionary<ulong, int> mapped)
+    {
+        ulong size = Page.Bytes(order);
+        Vma? v = Vmas.Find(va);
+        if (v is null)
+        {
+            throw new InvalidOperationException($"mm {Id}: entry {e} at 0x{va:x} lies outside every VMA");
+        }
+        if (order > 0 && va + size > v.End)
+        {
+            throw new InvalidOperationException($"mm {Id}: huge entry {e} at 0x{va:x} (order {order}) runs past the end of {v}");
+        }
+        if (e.IsWritable && (v.Flags & VmFlags.Write) == 0)
+        {
+            throw new InvalidOperationException($"mm {Id}: writable entry {e} at 0x{va:x} in {v} without VM_WRITE");
+        }
+        if (e.IsPresent && (v.Flags & (VmFlags.Read | VmFlags.Write | VmFlags.Exec)) == 0)
+        {
+            throw new InvalidOperationException($"mm {Id}: present entry {e} at 0x{va:x} in the PROT_NONE VMA {v}");
+        }
+        if (e.MapsPage)
+        {
+            ulong pfn = e.Pfn;
+            if (pfn == Memory.ZeroPfn || pfn == Volatile.Read(ref _hugeZeroPfn) || e.IsSpecial)
+            {
+                if (e.IsWritable && !e.IsSpecial)
+                {
+                    throw new InvalidOperationException($"mm {Id}: the zero page is mapped writable at 0x{va:x}");
+                }
+                return;
+            }
+            if (!Memory.IsRam(pfn) && Memory.FindMap(pfn) is null)
+            {
+                throw new InvalidOperationException($"mm {Id}: entry {e} at 0x{va:x} maps PFN 0x{pfn:x} that no memory backs");
+            }
+            ref FrameInfo f = ref Memory.Frame(pfn);
+            if (f.Has(FrameFlags.Anon) && f.Mapping is not AnonVma)
+            {
+                throw new InvalidOperationException($"mm {Id}: anonymous frame 0x{pfn:x} at 0x{va:x} has no anon owner");
+            }
+            if (f.Has(FrameFlags.PageTable))
+            {
+                throw new InvalidOperationException($"mm {Id}: entry {e} at 0x{va:x} maps a page-table frame");
+            }
+            mapped[pfn] = mapped.GetValueOrDefault(pfn) + 1;
+            return;
+        }
+        switch (e.SwapType)
+        {
+            case SwapEntryType.Swap:
+                if (Swap is null || Swap.Count((uint)e.Pfn) <= 0)
+                {
+                    throw new InvalidOperationException($"mm {Id}: swap entry {e} at 0x{va:x} has no swap slot behind it");
+                }
+                break;
+            case SwapEntryType.DevicePrivate:
+            case SwapEntryType.DeviceExclusive:
+            case SwapEntryType.Migration:
+                mapped[e.Pfn] = mapped.GetValueOrDefault(e.Pfn) + 1;
+                break;
+        }
+    }
+
+    /// <summary>
+    /// Checks the frame map counts across address spaces: every frame mapped by <paramref name="spaces"/> has exactly
+    /// the map count their entries add up to (valid when nothing else maps those frames). Runs
+    /// <see cref="CheckInvariants"/> on each space.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The first frame whose map count differs.</exception>
+    public static void CheckMapCounts(params AddressSpace[] spaces)
+    {
+        ArgumentNullException.ThrowIfNull(spaces);
+        if (spaces.Length == 0)
+        {
+            return;
+        }
+        var total = new Dictionary<ulong, int>();
+        foreach (AddressSpace s in spaces)
+        {
+            foreach ((ulong pfn, int n) in s.CheckInvariants())
+            {
+                total[pfn] = total.GetValueOrDefault(pfn) + n;
+            }
+        }
+        PhysicalMemory mem = spaces[0].Memory;
+        foreach ((ulong pfn, int n) in total)
+        {
+            int mc = Volatile.Read(ref mem.Frame(pfn).MapCount);
+            if (mc != n)
+            {
+                throw new InvalidOperationException($"frame 0x{pfn:x} has map count {mc} but the page tables map it {n} times");
+            }
+        }
+    }
 }

@@ -265,7 +265,7 @@ public sealed unsafe partial class AddressSpace
     internal void InitAnonPage(ulong pfn, Vma vma, ulong addr, int order = 0)
     {
         ref FrameInfo f = ref Memory.Frame(pfn);
-        f.Mapping = vma.Anon;
+        f.Mapping = vma.PrepareAnon();
         f.Index = vma.PgoffOf(addr);
         Memory.SetFlags(pfn, FrameFlags.Anon | FrameFlags.SwapBacked | FrameFlags.UpToDate | FrameFlags.AnonExclusive | (order > 0 ? FrameFlags.Thp : 0));
     }
@@ -321,7 +321,11 @@ public sealed unsafe partial class AddressSpace
         if (pfn != Memory.ZeroPfn && Memory.IsRam(pfn))
         {
             ref FrameInfo f = ref Memory.Frame(pfn);
-            if (f.Has(FrameFlags.Anon) && f.Order == 0 && Volatile.Read(ref f.RefCount) == 1 && Volatile.Read(ref f.MapCount) == 1)
+            // Reuse when the page is exclusively ours (kernel: wp_can_reuse_anon_folio): marked exclusive (a pinned
+            // page stays exclusive, so a GUP pin and the CPU keep seeing the same page), or only mapped and
+            // referenced here.
+            if (f.Has(FrameFlags.Anon) && f.Order == 0
+                && (f.Has(FrameFlags.AnonExclusive) && Volatile.Read(ref f.MapCount) == 1 || Volatile.Read(ref f.RefCount) == 1 && Volatile.Read(ref f.MapCount) == 1))
             {
                 // Reuse: we are the only user of this anonymous page.
                 lock (PtlFor(pte))
@@ -675,6 +679,11 @@ public sealed unsafe partial class AddressSpace
         return VmFault.Fallback;
     }
 
+    /// <summary>
+    /// hugetlb_fault. A shared mapping maps the file's huge page (the first fault allocates it, consuming the file's
+    /// promise). A private mapping maps an existing file page read-only and otherwise owns private huge pages from the
+    /// pool (consuming the VMA's reservation); a write to a file page or to a page it does not own copies it.
+    /// </summary>
     private VmFault HugetlbFault(Vma vma, ulong addr, bool write)
     {
         int order = vma.HugeOrder;
@@ -686,9 +695,28 @@ public sealed unsafe partial class AddressSpace
             return VmFault.Oom;
         }
         var e = new Pte(Volatile.Read(ref *slot));
+        if (e.IsProtNone)
+        {
+            RestoreProtNone(slot, e);
+            return VmFault.Retry;
+        }
+        if (!e.IsNone && !e.IsPresent)
+        {
+            if (e.SwapType == SwapEntryType.Migration)
+            {
+                WaitForEntryChange(slot, e);
+                return VmFault.Retry;
+            }
+            return VmFault.SigBus;
+        }
+        var file = (HugetlbFile)vma.File!;
         if (e.IsPresent)
         {
-            if (write && !e.IsWritable)
+            if (!write || e.IsWritable)
+            {
+                return VmFault.Ok;
+            }
+            if (vma.IsShared || Memory.Frame(e.Pfn).Mapping is AnonVma && Volatile.Read(ref Memory.Frame(e.Pfn).MapCount) == 1)
             {
                 lock (PtlFor(slot))
                 {
@@ -697,20 +725,10 @@ public sealed unsafe partial class AddressSpace
                         *slot = e.Value | Pte.Write | Pte.Dirty | Pte.Accessed;
                     }
                 }
-                vma.File!.MarkDirty(vma.PgoffOf(start));
+                return VmFault.Ok;
             }
-            return VmFault.Ok;
+            return HugetlbCow(vma, file, start, slot, e, order);
         }
-        if (e.IsProtNone)
-        {
-            RestoreProtNone(slot, e);
-            return VmFault.Retry;
-        }
-        if (!e.IsNone)
-        {
-            return e.SwapType == SwapEntryType.Migration ? VmFault.Retry : VmFault.SigBus;
-        }
-        IMappable file = vma.File!;
         file.InvalidateLock.EnterReadLock();
         try
         {
@@ -719,12 +737,29 @@ public sealed unsafe partial class AddressSpace
             {
                 return VmFault.SigBus;
             }
-            Errno err = file.GetPage(pgoff, write, order, out ulong pfn, out _);
-            if (err != Errno.Ok)
+            ulong pfn;
+            bool writable;
+            if (vma.IsShared)
             {
-                return VmFault.SigBus;
+                if (file.GetPage(pgoff, write, order, out pfn, out _) != Errno.Ok)
+                {
+                    return VmFault.SigBus;
+                }
+                writable = write && (vma.Flags & VmFlags.Write) != 0;
             }
-            bool writable = write && (vma.Flags & VmFlags.Write) != 0;
+            else if (!write && file.FindPage(pgoff, out pfn) == Errno.Ok)
+            {
+                writable = false;   // a private read of a page the file has: share it until written
+            }
+            else
+            {
+                pfn = AllocPrivateHugePage(vma, file, start, Page.NoPfn);
+                if (pfn == Page.NoPfn)
+                {
+                    return VmFault.SigBus;
+                }
+                writable = (vma.Flags & VmFlags.Write) != 0;
+            }
             bool installed = false;
             lock (PtlFor(slot))
             {
@@ -737,12 +772,8 @@ public sealed unsafe partial class AddressSpace
             }
             if (!installed)
             {
-                Memory.Put(pfn);
+                file.Pool.ReleasePage(pfn);
                 return VmFault.Retry;
-            }
-            if (vma.Reservation is { } res && Interlocked.Read(ref res.Remaining) > 0)
-            {
-                Interlocked.Decrement(ref res.Remaining); // the pool consumed one reservation for this page
             }
             Counters.Inc(Counter.HugetlbFault);
             return VmFault.Ok;
@@ -751,6 +782,73 @@ public sealed unsafe partial class AddressSpace
         {
             file.InvalidateLock.ExitReadLock();
         }
+    }
+
+    /// <summary>
+    /// Takes a huge page from the pool for a private hugetlb mapping (kernel: alloc_hugetlb_folio for a MAP_PRIVATE
+    /// vma), consuming the VMA's reservation when it has one left, and fills it with zeroes or a copy of
+    /// <paramref name="copyFrom"/>. Returns <see cref="Page.NoPfn"/> when the pool has nothing for it (SIGBUS).
+    /// </summary>
+    private ulong AllocPrivateHugePage(Vma vma, HugetlbFile file, ulong start, ulong copyFrom)
+    {
+        bool reserved = vma.Reservation?.TryTake() ?? false;
+        if (file.Pool.AllocatePage(reserved, out ulong pfn) != Errno.Ok)
+        {
+            if (reserved)
+            {
+                Interlocked.Increment(ref vma.Reservation!.Remaining);
+            }
+            return Page.NoPfn;
+        }
+        ulong n = 1UL << file.Pool.Order;
+        if (copyFrom == Page.NoPfn)
+        {
+            Memory.ZeroFrames(pfn, n);
+        }
+        else
+        {
+            Memory.CopyFrame(pfn, copyFrom, n);
+        }
+        ref FrameInfo f = ref Memory.Frame(pfn);
+        f.Mapping = vma.PrepareAnon();
+        f.Index = vma.PgoffOf(start);
+        return pfn;
+    }
+
+    /// <summary>hugetlb_wp: a write to a private hugetlb mapping's read-only page it does not own: copy it (CLEAR bracket).</summary>
+    private VmFault HugetlbCow(Vma vma, HugetlbFile file, ulong start, ulong* slot, Pte e, int order)
+    {
+        ulong pfn = AllocPrivateHugePage(vma, file, start, e.Pfn);
+        if (pfn == Page.NoPfn)
+        {
+            return VmFault.SigBus;
+        }
+        var range = new MmuNotifierRange(this, start, start + Page.Bytes(order), MmuNotifierEvent.Clear);
+        Notifiers.InvalidateRangeStart(range);
+        bool replaced = false;
+        lock (PtlFor(slot))
+        {
+            if (*slot == e.Value)
+            {
+                *slot = Pte.Make(pfn, true, Pte.Huge | Pte.Dirty).Value;
+                Memory.AddMap(pfn);
+                replaced = true;
+            }
+        }
+        if (replaced)
+        {
+            FlushTlb();
+        }
+        Notifiers.InvalidateRangeEnd(range);
+        if (!replaced)
+        {
+            file.Pool.ReleasePage(pfn);
+            return VmFault.Retry;
+        }
+        Memory.RemoveMap(e.Pfn);
+        Memory.Put(e.Pfn);
+        Counters.Inc(Counter.CowFault);
+        return VmFault.Ok;
     }
 
     private VmFault PfnMapFault(Vma vma, ulong addr, bool write)

@@ -23,6 +23,7 @@ public sealed unsafe partial class AddressSpace
                 var cv = new Vma(child, v.Start, v.End, v.Flags, v.Kind, v.File, v.Pgoff, v.Anon is null ? null : new AnonVma());
                 child.Vmas.Insert(cv);
                 cv.File?.Mappings.Add(cv);
+                HoldFile(cv.File, 1);
                 bool copy = !v.IsShared && (v.Kind is VmaKind.Anonymous or VmaKind.File or VmaKind.Dax or VmaKind.HugeTlb) || v.Kind is VmaKind.PfnMap or VmaKind.MixedMap;
                 if (!copy)
                 {
@@ -34,7 +35,7 @@ public sealed unsafe partial class AddressSpace
                 {
                     Notifiers.InvalidateRangeStart(range);
                 }
-                bool flush = CopyRange(child, v, cow);
+                bool flush = CopyRange(child, v, cv, cow);
                 if (flush)
                 {
                     FlushTlb();
@@ -48,7 +49,7 @@ public sealed unsafe partial class AddressSpace
         return child;
     }
 
-    private bool CopyRange(AddressSpace child, Vma v, bool cow)
+    private bool CopyRange(AddressSpace child, Vma v, Vma cv, bool cow)
     {
         bool flush = false;
         for (ulong a = v.Start; a < v.End;)
@@ -84,10 +85,14 @@ public sealed unsafe partial class AddressSpace
                 {
                     ulong pfn = cur.Pfn;
                     bool counted = pfn != Memory.ZeroPfn && pfn != _hugeZeroPfn && !cur.IsSpecial;
-                    if (v.Kind == VmaKind.HugeTlb && !v.IsShared && counted)
+                    if (v.Kind == VmaKind.HugeTlb && !v.IsShared && counted && Memory.Frame(pfn).Mapping is AnonVma)
                     {
-                        // Private hugetlb pages are copied at fork (the kernel copies eagerly when it must; we always do).
+                        // A private hugetlb page the parent owns is copied at fork (the kernel copies eagerly when it
+                        // must; Hetmem always does, so each side keeps owning its pages). File pages are shared.
                         ulong copyPfn = CopyHugetlbPage(v, pfn, order);
+                        ref FrameInfo cf = ref Memory.Frame(copyPfn);
+                        cf.Mapping = cv.PrepareAnon();
+                        cf.Index = Memory.Frame(pfn).Index;
                         childValue = (cur.Value & ~Pte.PfnMask) | (copyPfn << Page.Shift);
                         Memory.AddMap(copyPfn);
                     }

@@ -134,17 +134,19 @@ public sealed unsafe partial class AddressSpace
                     break;
                 case Advice.HugePage:
                 case Advice.NoHugePage:
-                    foreach (Vma v in SplitForRangeLocked(address, end))
+                    foreach (Vma v in vmas)
                     {
                         VmFlags nf = advice == Advice.HugePage
                             ? (v.Flags | VmFlags.HugePage) & ~VmFlags.NoHugePage
                             : (v.Flags | VmFlags.NoHugePage) & ~VmFlags.HugePage;
-                        if (nf != v.Flags)
+                        if ((v.Flags & (VmFlags.Special | VmFlags.HugeTlb)) != 0 || nf == v.Flags)
                         {
-                            Vma nv = v.With(v.Start, v.End, nf);
-                            ReplaceVmasLocked([v], [nv]);
-                            MergeAroundLocked(nv);
+                            continue;   // kernel: hugepage_madvise leaves VM_NO_KHUGEPAGED VMAs alone
                         }
+                        Vma piece = SplitVmaLocked(v, Math.Max(v.Start, address), Math.Min(v.End, end));
+                        Vma nv = piece.With(piece.Start, piece.End, nf);
+                        ReplaceVmasLocked([piece], [nv]);
+                        MergeAroundLocked(nv);
                     }
                     break;
                 case Advice.PageOut:

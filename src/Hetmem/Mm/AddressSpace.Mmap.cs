@@ -6,21 +6,33 @@ namespace Hetmem.Mm;
 /// <summary>mmap and the VMA bookkeeping shared by the system calls (kernel: mm/mmap.c, mm/vma.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
+    private const MapFlags KnownLegacyFlags = MapFlags.SharedValidate | MapFlags.Fixed | MapFlags.Anonymous | MapFlags.NoReserve
+        | MapFlags.Populate | MapFlags.HugeTlb | MapFlags.FixedNoReplace;
+
     /// <summary>
-    /// Maps memory (kernel: mmap). Anonymous when <paramref name="file"/> is null (MAP_ANONYMOUS); otherwise maps
-    /// <paramref name="file"/> from <paramref name="offset"/> with the open mode <paramref name="access"/>.
-    /// Returns the start address.
+    /// Maps memory (kernel: mmap). Anonymous when <paramref name="flags"/> has MAP_ANONYMOUS (then
+    /// <paramref name="file"/> is ignored, as the kernel ignores the fd); otherwise maps <paramref name="file"/> from
+    /// <paramref name="offset"/> with the open mode <paramref name="access"/>. Returns the start address. The checks
+    /// run in the kernel's order (do_mmap, __get_unmapped_area, the file's mmap), and a rejected call changes nothing.
     /// </summary>
+    /// <remarks>Unknown PROT bits and unknown MAP bits (without MAP_SHARED_VALIDATE) are ignored, as the kernel does.
+    /// Every VMA of a file holds a reference on its inode (kernel: get_file), dropped when the VMA goes.</remarks>
     /// <exception cref="MmException">
-    /// EINVAL (zero length, unaligned offset or fixed address, bad flag combination), ENOMEM (no room, length
-    /// overflow, hugetlb reservation failed), EOVERFLOW (offset + length overflows), EACCES (file open mode does not
-    /// allow the protection), EEXIST (MAP_FIXED_NOREPLACE over a mapping), EPERM (below mmap_min_addr),
-    /// EOPNOTSUPP (MAP_SYNC on a non-DAX file), ENODEV (a file kind that cannot be mapped this way).
+    /// EBADF (no file without MAP_ANONYMOUS); EINVAL (zero length, unaligned offset or fixed address, no or an
+    /// invalid mapping type, MAP_HUGETLB on a non-hugetlbfs file or without a pool, anonymous MAP_SHARED_VALIDATE);
+    /// ENOMEM (length overflows when aligned, no room, beyond user space, hugetlb reservation failed); EOVERFLOW
+    /// (offset + length beyond the file's limits); EPERM (fixed address below mmap_min_addr); EEXIST
+    /// (MAP_FIXED_NOREPLACE over a mapping); EOPNOTSUPP (MAP_SHARED_VALIDATE with MAP_SYNC on a non-DAX file, or
+    /// unknown flags); EACCES (the file's open mode does not allow the mapping); EIO (the file was evicted).
     /// </exception>
     public ulong Mmap(ulong address, ulong length, Prot prot, MapFlags flags, IMappable? file = null, ulong offset = 0, FileAccess access = FileAccess.ReadWrite)
     {
-        bool anonymous = (flags & MapFlags.Anonymous) != 0 || file is null;
-        if ((flags & MapFlags.Anonymous) == 0 && file is null)
+        bool anonymous = (flags & MapFlags.Anonymous) != 0;
+        if (anonymous)
+        {
+            file = null;
+        }
+        else if (file is null)
         {
             MmException.Throw(Errno.EBADF, "mmap without MAP_ANONYMOUS needs a file");
         }
@@ -28,84 +40,109 @@ public sealed unsafe partial class AddressSpace
         {
             MmException.Throw(Errno.EINVAL, $"offset 0x{offset:x} is not page aligned");
         }
-        if (length == 0)
-        {
-            MmException.Throw(Errno.EINVAL, "length is zero");
-        }
-        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
-        {
-            MmException.Throw(Errno.EINVAL, $"unknown protection bits {prot}");
-        }
+        prot &= Prot.Read | Prot.Write | Prot.Exec;
         MapFlags type = flags & MapFlags.SharedValidate;
-        if (type == MapFlags.None)
+        bool hugetlb = anonymous ? (flags & MapFlags.HugeTlb) != 0 : file!.Kind == MappableKind.Hugetlb;
+        if (!anonymous && !hugetlb && (flags & MapFlags.HugeTlb) != 0)
         {
-            MmException.Throw(Errno.EINVAL, "exactly one of MAP_SHARED, MAP_SHARED_VALIDATE or MAP_PRIVATE is required");
+            MmException.Throw(Errno.EINVAL, "MAP_HUGETLB needs an anonymous mapping or a hugetlbfs file");
         }
-        bool shared = type != MapFlags.Private;
-        bool hugetlb = (flags & MapFlags.HugeTlb) != 0 && anonymous || file?.Kind == MappableKind.Hugetlb;
         HugetlbFs? hugeFs = null;
         ulong align = Page.Size;
         if (hugetlb)
         {
-            int order = file?.HugeOrder ?? DefaultHugetlb?.Pool.Order ?? 0;
-            if (file is null && DefaultHugetlb is null)
+            if (anonymous)
             {
-                MmException.Throw(Errno.ENOMEM, "MAP_HUGETLB without a hugetlbfs pool");
+                hugeFs = DefaultHugetlb;
+                if (hugeFs is null)
+                {
+                    MmException.Throw(Errno.EINVAL, "MAP_HUGETLB without a default hugetlbfs (DefaultHugetlb)");
+                }
             }
-            hugeFs = DefaultHugetlb;
-            align = Page.Bytes(order);
+            align = anonymous ? hugeFs!.Pool.PageBytes : Page.Bytes(file!.HugeOrder);
+            length = Page.AlignUp(length, align);   // wraps to 0 on overflow: EINVAL below, as the kernel
         }
-        ulong len = Page.AlignUp(length, align);
-        if (len == 0 || len < length)
+        if (length == 0)
         {
-            MmException.Throw(Errno.ENOMEM, $"length 0x{length:x} overflows when aligned");
+            MmException.Throw(Errno.EINVAL, "length is zero");
         }
-        if (!anonymous && (offset >> Page.Shift) + (len >> Page.Shift) < (offset >> Page.Shift))
+        ulong len = Page.AlignUp(length, Page.Size);
+        if (len == 0)
         {
-            MmException.Throw(Errno.EOVERFLOW, "offset + length overflows");
+            MmException.Throw(Errno.ENOMEM, $"length 0x{length:x} overflows when page aligned");
         }
-        if (type == MapFlags.SharedValidate && (flags & MapFlags.Sync) != 0 && file?.Kind != MappableKind.Dax)
+        ulong pgoff = offset >> Page.Shift;
+        if (pgoff + (len >> Page.Shift) < pgoff)
         {
-            MmException.Throw(Errno.EOPNOTSUPP, "MAP_SYNC needs a DAX file");
+            MmException.Throw(Errno.EOVERFLOW, $"offset 0x{offset:x} + length 0x{len:x} overflows");
         }
+        bool shared;
+        switch (type)
+        {
+            case MapFlags.Shared:
+                shared = true;
+                break;
+            case MapFlags.SharedValidate when !anonymous:
+                shared = true;
+                break;
+            case MapFlags.Private:
+                shared = false;
+                break;
+            default:
+                MmException.Throw(Errno.EINVAL, $"mapping type {type} is invalid (need MAP_SHARED, MAP_PRIVATE, or MAP_SHARED_VALIDATE with a file)");
+                return 0;
+        }
+
+        // __get_unmapped_area's checks for a fixed address.
+        bool fixedMap = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
+        if (len > TaskSize)
+        {
+            MmException.Throw(Errno.ENOMEM, $"length 0x{len:x} exceeds user space");
+        }
+        if (fixedMap)
+        {
+            if (address > TaskSize - len)
+            {
+                MmException.Throw(Errno.ENOMEM, $"[0x{address:x}, +0x{len:x}) is beyond the top of user space");
+            }
+            if (!Page.IsAligned(address, align))
+            {
+                MmException.Throw(Errno.EINVAL, $"fixed address 0x{address:x} is not aligned to 0x{align:x}");
+            }
+            if (address < MmapMinAddr)
+            {
+                MmException.Throw(Errno.EPERM, $"0x{address:x} is below mmap_min_addr 0x{MmapMinAddr:x}");
+            }
+        }
+
+        // do_mmap's file checks.
         if (!anonymous)
         {
-            if ((access & FileAccess.Read) == 0)
+            if (type == MapFlags.SharedValidate && (flags & ~(KnownLegacyFlags | MapFlags.Sync)) != 0)
             {
-                MmException.Throw(Errno.EACCES, "the file is not open for reading");
+                MmException.Throw(Errno.EOPNOTSUPP, $"MAP_SHARED_VALIDATE with unknown flags 0x{(int)(flags & ~(KnownLegacyFlags | MapFlags.Sync)):x}");
+            }
+            if (type == MapFlags.SharedValidate && (flags & MapFlags.Sync) != 0 && file!.Kind != MappableKind.Dax)
+            {
+                MmException.Throw(Errno.EOPNOTSUPP, "MAP_SYNC needs a file on a DAX file system");
             }
             if (shared && (prot & Prot.Write) != 0 && (access & FileAccess.Write) == 0)
             {
                 MmException.Throw(Errno.EACCES, "MAP_SHARED with PROT_WRITE needs a file open for writing");
             }
-            if (hugetlb && !Page.IsAligned(offset, align))
+            if ((access & FileAccess.Read) == 0)
             {
-                MmException.Throw(Errno.EINVAL, $"offset 0x{offset:x} is not aligned to the huge page size");
+                MmException.Throw(Errno.EACCES, "the file is not open for reading");
             }
-        }
-        bool fixedMap = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
-        if (fixedMap)
-        {
-            if (!Page.IsAligned(address, align))
+            ulong maxBytes = file is Inode inode ? inode.MaxFileSize : long.MaxValue;
+            if (pgoff > maxBytes >> Page.Shift || len > maxBytes - (pgoff << Page.Shift))
             {
-                MmException.Throw(Errno.EINVAL, $"fixed address 0x{address:x} is not aligned to 0x{align:x}");
+                MmException.Throw(Errno.EOVERFLOW, $"[0x{offset:x}, +0x{len:x}) is beyond the largest offset the file can have");
             }
-            if (len > TaskSize || address > TaskSize - len)
-            {
-                MmException.Throw(Errno.ENOMEM, $"[0x{address:x}, +0x{len:x}) is beyond the top of user space");
-            }
-            if (address < MmapMinAddr)
-            {
-                MmException.Throw(Errno.EPERM, $"0x{address:x} is below mmap_min_addr");
-            }
-        }
-        if (len > TaskSize)
-        {
-            MmException.Throw(Errno.ENOMEM, "length exceeds user space");
         }
 
         VmFlags vmFlags = (VmFlags)(int)prot | VmFlags.MayRead | VmFlags.MayExec;
-        if (anonymous || shared ? (access & FileAccess.Write) != 0 || anonymous : true)
+        if (!shared || anonymous || (access & FileAccess.Write) != 0)
         {
             vmFlags |= VmFlags.MayWrite;
         }
@@ -120,6 +157,10 @@ public sealed unsafe partial class AddressSpace
         if (hugetlb)
         {
             vmFlags |= VmFlags.HugeTlb | VmFlags.DontExpand;
+        }
+        else if ((vmFlags & (VmFlags.NoReserve | VmFlags.Shared | VmFlags.Write)) == VmFlags.Write)
+        {
+            vmFlags |= VmFlags.Account;   // kernel: accountable_mapping
         }
         if ((flags & MapFlags.Sync) != 0 && type == MapFlags.SharedValidate)
         {
@@ -143,35 +184,31 @@ public sealed unsafe partial class AddressSpace
                 start = GetUnmappedAreaLocked(address, len, align);
             }
 
-            // Backing object: anonymous shared memory is a shmem object; MAP_HUGETLB an unlinked hugetlbfs file.
+            // The backing object: anonymous shared memory is a shmem object, MAP_HUGETLB an unlinked hugetlbfs
+            // file; either starts with the one reference the VMA will own. A mapped file gets a new reference.
             IMappable? backing = file;
             VmaKind kind;
-            ulong pgoff = offset >> Page.Shift;
-            if (hugetlb)
+            if (anonymous)
             {
-                backing ??= hugeFs!.CreateAnonymous(len);
-                kind = VmaKind.HugeTlb;
-                if (file is null)
+                pgoff = hugetlb || shared ? 0 : start >> Page.Shift;
+                if (hugetlb)
                 {
-                    pgoff = 0;
+                    backing = hugeFs!.CreateAnonymous(len);
+                    kind = VmaKind.HugeTlb;
                 }
-            }
-            else if (anonymous)
-            {
-                if (shared)
+                else if (shared)
                 {
                     backing = new ShmemFile(Memory, len, Swap);
                     kind = VmaKind.File;
-                    pgoff = 0;
                 }
                 else
                 {
                     kind = VmaKind.Anonymous;
-                    pgoff = start >> Page.Shift;
                 }
             }
             else
             {
+                (backing as Inode)?.Hold();
                 kind = file!.Kind switch
                 {
                     MappableKind.Dax => VmaKind.Dax,
@@ -180,35 +217,66 @@ public sealed unsafe partial class AddressSpace
                 };
             }
 
-            // Reserve huge pages before changing anything (kernel: hugetlb_reserve_pages at mmap).
+            // Reserve huge pages before changing anything (kernel: hugetlb_reserve_pages at mmap): a shared mapping
+            // reserves in the file (its promises outlive the mapping), a private one for the VMA alone.
             HugeReservation? reservation = null;
             if (kind == VmaKind.HugeTlb && (vmFlags & VmFlags.NoReserve) == 0)
             {
-                HugetlbPool pool = ((HugetlbFile)backing!).Pool;
-                ulong pages = len >> (Page.Shift + pool.Order);
-                Errno err = pool.Reserve(pages);
+                var hf = (HugetlbFile)backing!;
+                Errno err;
+                if (shared)
+                {
+                    err = hf.ReserveRange(pgoff, pgoff + (len >> Page.Shift));
+                }
+                else
+                {
+                    ulong pages = len >> (Page.Shift + hf.Pool.Order);
+                    err = hf.Pool.Reserve(pages);
+                    if (err == Errno.Ok)
+                    {
+                        reservation = new HugeReservation { Remaining = (long)pages };
+                    }
+                }
                 if (err != Errno.Ok)
                 {
-                    MmException.Throw(Errno.ENOMEM, $"cannot reserve {pages} huge pages (free {pool.Free}, reserved {pool.Reserved})");
+                    ReleaseFile(backing, 1);
+                    MmException.Throw(err == Errno.EIO ? Errno.EIO : Errno.ENOMEM,
+                        $"cannot reserve {len >> (Page.Shift + hf.Pool.Order)} huge pages (free {hf.Pool.Free}, reserved {hf.Pool.Reserved})");
                 }
-                reservation = new HugeReservation { Remaining = (long)pages };
             }
 
             if (fixedMap)
             {
                 UnmapLocked(start, start + len);
             }
-            var vma = new Vma(this, start, start + len, vmFlags, kind, backing, pgoff, kind == VmaKind.File && shared || kind == VmaKind.Dax && shared ? null : new AnonVma())
+            var vma = new Vma(this, start, start + len, vmFlags, kind, backing, pgoff, null)
             {
                 Reservation = reservation,
             };
-            InsertVmaLocked(vma);
+            Vmas.Insert(vma);
+            backing?.Mappings.Add(vma);
+            MergeAroundLocked(vma);
             if ((flags & MapFlags.Populate) != 0)
             {
-                PopulateLocked(start, start + len, write: (prot & Prot.Write) != 0 && shared || (prot & Prot.Write) != 0 && kind == VmaKind.Anonymous, ignoreErrors: true);
+                PopulateLocked(start, start + len, write: (vmFlags & (VmFlags.Write | VmFlags.Shared)) == VmFlags.Write, ignoreErrors: true);
             }
             return start;
         }
+    }
+
+    /// <summary>
+    /// Maps an open file (kernel: mmap with a file descriptor): <see cref="Mmap"/> with the handle's inode and
+    /// open mode.
+    /// </summary>
+    /// <exception cref="MmException">EBADF when <paramref name="handle"/> is closed; otherwise as <see cref="Mmap"/>.</exception>
+    public ulong MmapFile(ulong address, ulong length, Prot prot, MapFlags flags, FileHandle handle, ulong offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(handle);
+        if (handle.IsClosed)
+        {
+            MmException.Throw(Errno.EBADF, "mmap of a closed file handle");
+        }
+        return Mmap(address, length, prot, flags & ~MapFlags.Anonymous, handle.Inode, offset, handle.Access);
     }
 
     /// <summary>The hugetlbfs used for MAP_HUGETLB anonymous mappings (kernel: the default hstate's internal mount); null disables MAP_HUGETLB.</summary>
@@ -222,12 +290,15 @@ public sealed unsafe partial class AddressSpace
         }
     }
 
-    /// <summary>Finds a free range (kernel: get_unmapped_area, top-down). A free, aligned hint is used as is.</summary>
+    /// <summary>
+    /// Finds a free range (kernel: get_unmapped_area, top-down). A hint is rounded down to the page (up to the huge
+    /// page for hugetlb) and used as is when that range is free.
+    /// </summary>
     private ulong GetUnmappedAreaLocked(ulong hint, ulong len, ulong align)
     {
         if (hint != 0)
         {
-            ulong h = Page.AlignUp(hint, align);
+            ulong h = align == Page.Size ? Page.AlignDown(hint, Page.Size) : Page.AlignUp(hint, align);
             if (h >= MmapMinAddr && len <= TaskSize && h <= TaskSize - len && Vmas.IsFree(h, h + len))
             {
                 return h;
@@ -245,45 +316,67 @@ public sealed unsafe partial class AddressSpace
         return 0;
     }
 
-    /// <summary>Inserts a VMA, registering it with its file's reverse map, and merges it with compatible neighbours.</summary>
-    private void InsertVmaLocked(Vma vma)
+    /// <summary>Takes <paramref name="count"/> references on a mapped inode for new VMAs (kernel: get_file per vma).</summary>
+    private static void HoldFile(IMappable? file, int count)
     {
-        Vmas.Insert(vma);
-        vma.File?.Mappings.Add(vma);
-        MergeAroundLocked(vma);
+        if (file is Inode inode)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                inode.Hold();
+            }
+        }
     }
 
+    /// <summary>Drops <paramref name="count"/> inode references of VMAs that went away (kernel: fput per vma).</summary>
+    private static void ReleaseFile(IMappable? file, int count)
+    {
+        if (file is Inode inode)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                inode.Release();
+            }
+        }
+    }
+
+    /// <summary>
+    /// True when <paramref name="a"/> and <paramref name="b"/> (in that order) can become one VMA (kernel:
+    /// can_vma_merge_after/before + is_mergeable_anon_vma): adjacent, same flags, kind, file and reservation,
+    /// contiguous page offsets, compatible anonymous owners (either has none yet, or they are the same).
+    /// </summary>
     private static bool CanMerge(Vma a, Vma b)
         => a.End == b.Start && a.Flags == b.Flags && a.Kind == b.Kind && a.File == b.File
            && a.Pgoff + (a.Length >> Page.Shift) == b.Pgoff
-           && a.Kind is not (VmaKind.PfnMap or VmaKind.MixedMap) && a.Reservation == b.Reservation;
+           && (a.Flags & VmFlags.Special) == 0
+           && a.Kind is not (VmaKind.PfnMap or VmaKind.MixedMap) && a.Reservation == b.Reservation
+           && (a.Anon is null || b.Anon is null || a.Anon == b.Anon);
 
     /// <summary>Merges <paramref name="vma"/> with its neighbours when compatible (kernel: vma_merge). Returns the resulting VMA.</summary>
     private Vma MergeAroundLocked(Vma vma)
     {
-        int i = Vmas.IndexOfFirstEndingAbove(vma.Start);
-        IReadOnlyList<Vma> all = Vmas.All;
         Vma cur = vma;
-        if (i > 0 && CanMerge(all[i - 1], cur))
+        Vma? prev = Vmas.Prev(cur);
+        if (prev is not null && CanMerge(prev, cur))
         {
-            Vma prev = all[i - 1];
-            var merged = new Vma(this, prev.Start, cur.End, cur.Flags, cur.Kind, cur.File, prev.Pgoff, prev.Anon ?? cur.Anon);
+            var merged = new Vma(this, prev.Start, cur.End, cur.Flags, cur.Kind, cur.File, prev.Pgoff, prev.Anon ?? cur.Anon) { Reservation = cur.Reservation };
             ReplaceVmasLocked([prev, cur], [merged]);
             cur = merged;
-            i--;
         }
-        all = Vmas.All;
-        if (i + 1 < all.Count && CanMerge(cur, all[i + 1]))
+        Vma? next = Vmas.Next(cur);
+        if (next is not null && CanMerge(cur, next))
         {
-            Vma next = all[i + 1];
-            var merged = new Vma(this, cur.Start, next.End, cur.Flags, cur.Kind, cur.File, cur.Pgoff, cur.Anon ?? next.Anon);
+            var merged = new Vma(this, cur.Start, next.End, cur.Flags, cur.Kind, cur.File, cur.Pgoff, cur.Anon ?? next.Anon) { Reservation = cur.Reservation };
             ReplaceVmasLocked([cur, next], [merged]);
             cur = merged;
         }
         return cur;
     }
 
-    /// <summary>Replaces VMAs in the tree and in their file's reverse map atomically with respect to truncation.</summary>
+    /// <summary>
+    /// Replaces VMAs in the tree and in their file's reverse map atomically with respect to truncation, and moves
+    /// the inode references with them (one per VMA). All VMAs map the same file (or none).
+    /// </summary>
     internal void ReplaceVmasLocked(ReadOnlySpan<Vma> olds, ReadOnlySpan<Vma> news)
     {
         foreach (Vma o in olds)
@@ -304,6 +397,14 @@ public sealed unsafe partial class AddressSpace
             if (olds.Length == 0)
             {
                 file.Mappings.Replace(null, ToMappings(news));
+            }
+            if (news.Length > olds.Length)
+            {
+                HoldFile(file, news.Length - olds.Length);
+            }
+            else if (news.Length < olds.Length)
+            {
+                ReleaseFile(file, olds.Length - news.Length);
             }
         }
     }
@@ -327,43 +428,85 @@ public sealed unsafe partial class AddressSpace
         var inside = new List<Vma>();
         foreach (Vma v in Vmas.Snapshot(start, end))
         {
-            ulong s = Math.Max(v.Start, start);
-            ulong e = Math.Min(v.End, end);
-            if (s == v.Start && e == v.End)
-            {
-                inside.Add(v);
-                continue;
-            }
-            var parts = new List<Vma>(3);
-            Vma mid = v.With(s, e);
-            if (v.Start < s)
-            {
-                parts.Add(v.With(v.Start, s));
-            }
-            parts.Add(mid);
-            if (e < v.End)
-            {
-                parts.Add(v.With(e, v.End));
-            }
-            // Split huge PMDs of anonymous THPs that straddle the new boundaries (kernel: vma_adjust_trans_huge).
-            SplitHugeAtLocked(v, s);
-            SplitHugeAtLocked(v, e);
-            ReplaceVmasLocked([v], [.. parts]);
-            inside.Add(mid);
+            inside.Add(SplitVmaLocked(v, Math.Max(v.Start, start), Math.Min(v.End, end)));
         }
         return inside;
     }
 
+    /// <summary>
+    /// Splits <paramref name="v"/> so that [<paramref name="s"/>, <paramref name="e"/>) (inside it) is a VMA of its own,
+    /// and returns that VMA. Huge entries straddling a new boundary are split (anonymous THP) or zapped (file, DAX)
+    /// first, each in its own CLEAR bracket (kernel: vma_adjust_trans_huge → split_huge_pmd / split_huge_pud).
+    /// </summary>
+    internal Vma SplitVmaLocked(Vma v, ulong s, ulong e)
+    {
+        if (s == v.Start && e == v.End)
+        {
+            return v;
+        }
+        var parts = new List<Vma>(3);
+        Vma mid = v.With(s, e);
+        if (v.Start < s)
+        {
+            parts.Add(v.With(v.Start, s));
+        }
+        parts.Add(mid);
+        if (e < v.End)
+        {
+            parts.Add(v.With(e, v.End));
+        }
+        SplitHugeAtLocked(v, s);
+        SplitHugeAtLocked(v, e);
+        ReplaceVmasLocked([v], [.. parts]);
+        return mid;
+    }
+
+    /// <summary>Breaks a huge leaf of <paramref name="v"/> that straddles <paramref name="boundary"/> (see <see cref="SplitVmaLocked"/>).</summary>
     private void SplitHugeAtLocked(Vma v, ulong boundary)
     {
-        if (v.Kind != VmaKind.Anonymous || Page.IsAligned(boundary, Page.PmdSize) || boundary <= v.Start || boundary >= v.End)
+        if (boundary <= v.Start || boundary >= v.End || v.Kind == VmaKind.HugeTlb)
         {
             return;
         }
-        ulong* pmd = PmdEntry(boundary, alloc: false);
-        if (pmd != null && (Volatile.Read(ref *pmd) & Pte.Huge) != 0)
+        if (!Page.IsAligned(boundary, Page.PudSize))
         {
-            SplitHugePmd(Page.AlignDown(boundary, Page.PmdSize), pmd);
+            ulong* pud = PudEntry(boundary, alloc: false);
+            if (pud != null && new Pte(Volatile.Read(ref *pud)) is { IsNone: false } pe && (pe.Value & Pte.Huge) != 0)
+            {
+                ZapHugeLeafBracketed(v, Page.AlignDown(boundary, Page.PudSize), pud, Page.PudOrder);
+            }
         }
+        if (!Page.IsAligned(boundary, Page.PmdSize))
+        {
+            ulong* pmd = PmdEntry(boundary, alloc: false);
+            if (pmd != null && new Pte(Volatile.Read(ref *pmd)) is { IsNone: false } me && (me.Value & Pte.Huge) != 0)
+            {
+                ulong hstart = Page.AlignDown(boundary, Page.PmdSize);
+                if (v.Kind == VmaKind.Anonymous && me.MapsPage && !me.IsDevMap)
+                {
+                    SplitHugePmd(hstart, pmd);
+                }
+                else
+                {
+                    ZapHugeLeafBracketed(v, hstart, pmd, Page.PmdOrder);
+                }
+            }
+        }
+    }
+
+    /// <summary>Zaps one huge file/DAX leaf (it refaults in smaller pieces) inside its own CLEAR bracket.</summary>
+    private void ZapHugeLeafBracketed(Vma v, ulong hstart, ulong* slot, int order)
+    {
+        var range = new MmuNotifierRange(this, hstart, hstart + Page.Bytes(order), MmuNotifierEvent.Clear);
+        Notifiers.InvalidateRangeStart(range);
+        MmuGather g = MmuGather.Rent();
+        ZapLeaf(v, slot, order, g, onlyFile: false, evenCows: true);
+        if (g.NeedFlush)
+        {
+            FlushTlb();
+            g.NeedFlush = false;
+        }
+        Notifiers.InvalidateRangeEnd(range);
+        FinishGather(g);
     }
 }

@@ -5,35 +5,45 @@ namespace Hetmem.Mm;
 /// <summary>mprotect (kernel: mm/mprotect.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
-    /// <summary>Changes the protection of [<paramref name="address"/>, +<paramref name="length"/>) (kernel: mprotect).</summary>
-    /// <exception cref="MmException">EINVAL (unaligned address, unknown bits), ENOMEM (part of the range is unmapped),
-    /// EACCES (PROT_WRITE on a shared mapping of a file not open for writing).</exception>
+    /// <summary>
+    /// Changes the protection of [<paramref name="address"/>, +<paramref name="length"/>) (kernel: mprotect). Only
+    /// VMAs whose flags change are split; the changed pieces merge with compatible neighbours afterwards. Making a
+    /// private mapping writable for the first time adds VM_ACCOUNT, as the kernel does.
+    /// </summary>
+    /// <remarks>Unlike the kernel, which changes the VMAs before the first hole and then fails, a call that fails
+    /// with ENOMEM (or EACCES) changes nothing: the whole range is validated first.</remarks>
+    /// <exception cref="MmException">EINVAL (unaligned address, unknown protection bits, a hugetlb VMA cut off its
+    /// huge-page boundary), ENOMEM (the range wraps or part of it is unmapped), EACCES (PROT_WRITE on a shared
+    /// mapping of a file not open for writing).</exception>
     public void Mprotect(ulong address, ulong length, Prot prot)
     {
         if (!Page.IsAligned(address, Page.Size))
         {
             MmException.Throw(Errno.EINVAL, $"mprotect: address 0x{address:x} is not page aligned");
         }
-        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
-        {
-            MmException.Throw(Errno.EINVAL, $"mprotect: unknown protection bits {prot}");
-        }
         if (length == 0)
         {
             return;
         }
         ulong len = Page.AlignUp(length, Page.Size);
-        if (len == 0 || address + len < address)
+        ulong end = address + len;
+        if (len == 0 || end <= address)
         {
             MmException.Throw(Errno.ENOMEM, "mprotect: range wraps");
         }
-        ulong end = address + len;
+        const Prot ProtSem = (Prot)8;   // accepted and ignored on x86 (kernel: arch_validate_prot)
+        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec | ProtSem)) != 0)
+        {
+            MmException.Throw(Errno.EINVAL, $"mprotect: unknown protection bits 0x{(int)prot:x}");
+        }
+        prot &= Prot.Read | Prot.Write | Prot.Exec;
         using (MmapLock.Write())
         {
             ThrowIfDead();
             // Validate everything before changing anything: the range must be fully mapped, permissions allowed.
+            List<Vma> vmas = Vmas.Snapshot(address, end);
             ulong cursor = address;
-            foreach (Vma v in Vmas.Intersecting(address, end))
+            foreach (Vma v in vmas)
             {
                 if (v.Start > cursor)
                 {
@@ -57,19 +67,31 @@ public sealed unsafe partial class AddressSpace
             {
                 MmException.Throw(Errno.ENOMEM, $"mprotect: 0x{cursor:x} is not mapped");
             }
-            foreach (Vma v in SplitForRangeLocked(address, end))
+            foreach (Vma v in vmas)
             {
-                VmFlags nf = (v.Flags & ~(VmFlags.Read | VmFlags.Write | VmFlags.Exec)) | (VmFlags)(int)prot;
+                VmFlags nf = NewProtectionFlags(v.Flags, prot);
                 if (nf == v.Flags)
                 {
                     continue;
                 }
-                Vma nv = v.With(v.Start, v.End, nf);
-                ReplaceVmasLocked([v], [nv]);
+                Vma piece = SplitVmaLocked(v, Math.Max(v.Start, address), Math.Min(v.End, end));
+                Vma nv = piece.With(piece.Start, piece.End, nf);
+                ReplaceVmasLocked([piece], [nv]);
                 ChangeProtection(nv, prot);
                 MergeAroundLocked(nv);
             }
         }
+    }
+
+    /// <summary>The VMA flags after mprotect(<paramref name="prot"/>) (kernel: mprotect_fixup's newflags, with VM_ACCOUNT).</summary>
+    private static VmFlags NewProtectionFlags(VmFlags old, Prot prot)
+    {
+        VmFlags nf = (old & ~(VmFlags.Read | VmFlags.Write | VmFlags.Exec)) | (VmFlags)(int)prot;
+        if ((nf & VmFlags.Write) != 0 && (old & (VmFlags.Account | VmFlags.Write | VmFlags.HugeTlb | VmFlags.Shared | VmFlags.NoReserve)) == 0)
+        {
+            nf |= VmFlags.Account;
+        }
+        return nf;
     }
 
     /// <summary>Rewrites present entries of a VMA for a new protection inside PROTECTION_VMA brackets, one per PMD-sized chunk that has entries.</summary>

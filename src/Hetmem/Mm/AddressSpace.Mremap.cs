@@ -19,102 +19,187 @@ public enum MremapFlags
 /// <summary>mremap (kernel: mm/mremap.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
-    /// <summary>Resizes and/or moves a mapping (kernel: mremap). Returns the new address.</summary>
-    /// <exception cref="MmException">EINVAL (unaligned, bad flags, zero new length, overlapping fixed target, DONTUNMAP on a
-    /// non-private-anonymous or resized mapping), EFAULT (the old range is not one VMA), ENOMEM (cannot grow in place
-    /// without MayMove, or no room).</exception>
+    /// <summary>
+    /// Resizes and/or moves a mapping (kernel: mremap). Returns the new address. Shrinking unmaps the tail; growing
+    /// extends in place when the space after the VMA is free, else moves (MREMAP_MAYMOVE); MREMAP_FIXED moves to
+    /// exactly <paramref name="newAddress"/>, replacing what is there; MREMAP_DONTUNMAP moves the pages and leaves
+    /// the old range mapped and empty. An old length of 0 duplicates a shared mapping. A moved VMA merges with
+    /// compatible neighbours; an anonymous VMA that never faulted takes the page offset of its new address.
+    /// </summary>
+    /// <exception cref="MmException">EINVAL (unknown flags, unaligned address, zero new length, FIXED or DONTUNMAP
+    /// without MAYMOVE, DONTUNMAP that resizes or targets a VM_PFNMAP/VM_DONTEXPAND mapping, fixed target unaligned,
+    /// beyond user space or overlapping the old range, old length 0 on a private mapping, a hugetlb mapping that grows
+    /// or is cut off its huge-page boundary), EFAULT (no VMA at the old address, the old range runs past its VMA, or a
+    /// VM_PFNMAP/VM_DONTEXPAND mapping would grow), ENOMEM (cannot grow in place without MAYMOVE, or no room).</exception>
     public ulong Mremap(ulong oldAddress, ulong oldLength, ulong newLength, MremapFlags flags, ulong newAddress = 0)
     {
-        if ((flags & ~(MremapFlags.MayMove | MremapFlags.Fixed | MremapFlags.DontUnmap)) != 0 || !Page.IsAligned(oldAddress, Page.Size))
+        if ((flags & ~(MremapFlags.MayMove | MremapFlags.Fixed | MremapFlags.DontUnmap)) != 0)
         {
-            MmException.Throw(Errno.EINVAL, $"mremap: bad flags {flags} or unaligned address 0x{oldAddress:x}");
+            MmException.Throw(Errno.EINVAL, $"mremap: unknown flags 0x{(int)flags:x}");
         }
-        if ((flags & (MremapFlags.Fixed | MremapFlags.DontUnmap)) != 0 && (flags & MremapFlags.MayMove) == 0)
+        if ((flags & MremapFlags.Fixed) != 0 && (flags & MremapFlags.MayMove) == 0)
         {
-            MmException.Throw(Errno.EINVAL, "mremap: MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE");
+            MmException.Throw(Errno.EINVAL, "mremap: MREMAP_FIXED needs MREMAP_MAYMOVE");
         }
         ulong oldLen = Page.AlignUp(oldLength, Page.Size);
         ulong newLen = Page.AlignUp(newLength, Page.Size);
-        if (newLen == 0 || newLen < newLength || oldLen < oldLength)
+        bool dontUnmap = (flags & MremapFlags.DontUnmap) != 0;
+        if (dontUnmap && ((flags & MremapFlags.MayMove) == 0 || oldLen != newLen))
+        {
+            MmException.Throw(Errno.EINVAL, "mremap: MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and cannot resize");
+        }
+        if (!Page.IsAligned(oldAddress, Page.Size))
+        {
+            MmException.Throw(Errno.EINVAL, $"mremap: address 0x{oldAddress:x} is not page aligned");
+        }
+        if (newLen == 0)
         {
             MmException.Throw(Errno.EINVAL, "mremap: new length is zero or overflows");
-        }
-        if ((flags & MremapFlags.DontUnmap) != 0 && oldLen != newLen)
-        {
-            MmException.Throw(Errno.EINVAL, "mremap: MREMAP_DONTUNMAP cannot resize");
         }
         bool fixedMove = (flags & MremapFlags.Fixed) != 0;
         if (fixedMove)
         {
-            if (!Page.IsAligned(newAddress, Page.Size) || newLen > TaskSize || newAddress > TaskSize - newLen)
+            if (!Page.IsAligned(newAddress, Page.Size))
             {
-                MmException.Throw(Errno.EINVAL, $"mremap: bad fixed target 0x{newAddress:x}");
+                MmException.Throw(Errno.EINVAL, $"mremap: fixed target 0x{newAddress:x} is not page aligned");
             }
             if (newAddress < oldAddress + oldLen && oldAddress < newAddress + newLen)
             {
                 MmException.Throw(Errno.EINVAL, "mremap: fixed target overlaps the old range");
+            }
+            if (newLen > TaskSize || newAddress > TaskSize - newLen)
+            {
+                MmException.Throw(Errno.EINVAL, $"mremap: fixed target [0x{newAddress:x}, +0x{newLen:x}) is beyond user space");
             }
         }
         using (MmapLock.Write())
         {
             ThrowIfDead();
             Vma? vma = Vmas.Find(oldAddress);
-            if (vma is null || oldLen == 0 || oldAddress + oldLen > vma.End)
+            if (vma is null)
             {
-                MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) is not inside one VMA");
+                MmException.Throw(Errno.EFAULT, $"mremap: no mapping at 0x{oldAddress:x}");
             }
-            if (oldLen == 0)
+            if (vma.Kind == VmaKind.HugeTlb)
             {
-                MmException.Throw(Errno.EINVAL, "mremap: duplicating a mapping (old length 0) is not supported for this VMA");
-            }
-            if ((flags & MremapFlags.DontUnmap) != 0 && (vma.Kind != VmaKind.Anonymous || vma.IsShared))
-            {
-                MmException.Throw(Errno.EINVAL, "mremap: MREMAP_DONTUNMAP needs a private anonymous mapping");
-            }
-            if (vma.Kind is VmaKind.PfnMap or VmaKind.MixedMap && newLen > oldLen)
-            {
-                MmException.Throw(Errno.EFAULT, "mremap: cannot grow a special mapping");
-            }
-            if (!fixedMove && (flags & MremapFlags.DontUnmap) == 0)
-            {
-                if (newLen <= oldLen)
+                ulong hs = Page.Bytes(vma.HugeOrder);
+                if (!Page.IsAligned(oldAddress, hs))
                 {
-                    if (newLen < oldLen)
-                    {
-                        UnmapLocked(oldAddress + newLen, oldAddress + oldLen);
-                    }
-                    return oldAddress;
+                    MmException.Throw(Errno.EINVAL, $"mremap: 0x{oldAddress:x} is not aligned to the huge page size");
                 }
+                oldLen = Page.AlignUp(oldLen, hs);
+                newLen = Page.AlignUp(newLen, hs);
+                if (newLen > oldLen)
+                {
+                    MmException.Throw(Errno.EINVAL, "mremap: a hugetlb mapping cannot grow");
+                }
+            }
+            if (!fixedMove && !dontUnmap && oldLen >= newLen)
+            {
+                // Shrink in place (kernel: mremap_shrink): the tail is unmapped whatever maps it.
+                if (oldLen > newLen)
+                {
+                    UnmapForMremapLocked(oldAddress + newLen, oldLen - newLen);
+                }
+                return oldAddress;
+            }
+            if (oldLen > vma.End - oldAddress)
+            {
+                MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) runs past the end of {vma}");
+            }
+            if (oldLen == 0 && !vma.IsShared)
+            {
+                MmException.Throw(Errno.EINVAL, "mremap: an old length of 0 duplicates only shared mappings");
+            }
+            if ((vma.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
+            {
+                if (dontUnmap)
+                {
+                    MmException.Throw(Errno.EINVAL, $"mremap: MREMAP_DONTUNMAP is not allowed on {vma}");
+                }
+                if (newLen > oldLen)
+                {
+                    MmException.Throw(Errno.EFAULT, $"mremap: {vma} cannot grow");
+                }
+            }
+            if (!fixedMove && !dontUnmap && oldLen != 0)
+            {
+                // Grow in place when the VMA ends with the old range and the space after it is free.
                 ulong growEnd = oldAddress + newLen;
-                if (oldAddress + oldLen == vma.End && growEnd <= TaskSize && Vmas.IsFree(vma.End, growEnd) && vma.Kind != VmaKind.HugeTlb)
+                if (oldAddress + oldLen == vma.End && growEnd <= TaskSize && growEnd > oldAddress && Vmas.IsFree(vma.End, growEnd))
                 {
                     Vma grown = new(this, vma.Start, growEnd, vma.Flags, vma.Kind, vma.File, vma.Pgoff, vma.Anon) { Reservation = vma.Reservation };
                     ReplaceVmasLocked([vma], [grown]);
+                    MergeAroundLocked(grown);
                     return oldAddress;
                 }
-                if ((flags & MremapFlags.MayMove) == 0)
-                {
-                    MmException.Throw(Errno.ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE is not set");
-                }
             }
-            ulong target = fixedMove ? newAddress : GetUnmappedAreaLocked(0, newLen, Page.Size);
+            if ((flags & MremapFlags.MayMove) == 0)
+            {
+                MmException.Throw(Errno.ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE is not set");
+            }
+            ulong align = vma.Kind == VmaKind.HugeTlb ? Page.Bytes(vma.HugeOrder) : Page.Size;
+            if (fixedMove && !Page.IsAligned(newAddress, align))
+            {
+                MmException.Throw(Errno.EINVAL, $"mremap: fixed target 0x{newAddress:x} is not aligned to the huge page size");
+            }
+            ulong target = fixedMove ? newAddress : GetUnmappedAreaLocked(0, newLen, align);
             if (fixedMove)
             {
-                UnmapLocked(target, target + newLen);
-                vma = Vmas.Find(oldAddress)!;
+                UnmapForMremapLocked(target, newLen);
+                if (oldLen > newLen)
+                {
+                    UnmapForMremapLocked(oldAddress + newLen, oldLen - newLen);
+                    oldLen = newLen;
+                }
             }
-            return MoveVmaLocked(vma, oldAddress, oldLen, target, newLen, (flags & MremapFlags.DontUnmap) != 0);
+            if (oldLen == 0)
+            {
+                return DuplicateSharedLocked(vma, oldAddress, target, newLen);
+            }
+            return MoveVmaLocked(oldAddress, oldLen, target, newLen, dontUnmap);
         }
     }
 
-    private ulong MoveVmaLocked(Vma vma, ulong oldAddress, ulong oldLen, ulong target, ulong newLen, bool dontUnmap)
+    /// <summary>Unmaps for mremap, applying munmap's hugetlb boundary rule.</summary>
+    private void UnmapForMremapLocked(ulong start, ulong len)
+    {
+        foreach (Vma v in Vmas.Intersecting(start, start + len))
+        {
+            if (v.Kind == VmaKind.HugeTlb)
+            {
+                ulong hs = Page.Bytes(v.HugeOrder);
+                if (start > v.Start && !Page.IsAligned(start, hs) || start + len < v.End && !Page.IsAligned(start + len, hs))
+                {
+                    MmException.Throw(Errno.EINVAL, $"mremap would split the hugetlb VMA {v} off a huge-page boundary");
+                }
+            }
+        }
+        UnmapLocked(start, start + len);
+    }
+
+    /// <summary>mremap with old length 0: a second mapping of the same shared object (kernel: the "duplicate shm area" case).</summary>
+    private ulong DuplicateSharedLocked(Vma vma, ulong oldAddress, ulong target, ulong newLen)
+    {
+        var dup = new Vma(this, target, target + newLen, vma.Flags, vma.Kind, vma.File, vma.PgoffOf(oldAddress), null);
+        Vmas.Insert(dup);
+        vma.File?.Mappings.Add(dup);
+        HoldFile(vma.File, 1);
+        MergeAroundLocked(dup);
+        return target;
+    }
+
+    private ulong MoveVmaLocked(ulong oldAddress, ulong oldLen, ulong target, ulong newLen, bool dontUnmap)
     {
         List<Vma> parts = SplitForRangeLocked(oldAddress, oldAddress + oldLen);
         Vma src = parts[0];
         ulong moveLen = Math.Min(oldLen, newLen);
-        var moved = new Vma(this, target, target + newLen, src.Flags, src.Kind, src.File, src.Pgoff, src.Anon) { Reservation = src.Reservation };
+        // An anonymous VMA that never faulted takes the page offset of its new place, so it can merge there.
+        ulong pgoff = src.Kind == VmaKind.Anonymous && src.Anon is null ? target >> Page.Shift : src.Pgoff;
+        var moved = new Vma(this, target, target + newLen, src.Flags, src.Kind, src.File, pgoff, src.Anon) { Reservation = src.Reservation };
         Vmas.Insert(moved);
         src.File?.Mappings.Add(moved);
+        HoldFile(src.File, 1);
 
         // Move the entries (kernel: move_page_tables) inside an UNMAP bracket over the old range.
         var range = new MmuNotifierRange(this, oldAddress, oldAddress + oldLen, MmuNotifierEvent.Unmap);
@@ -129,21 +214,24 @@ public sealed unsafe partial class AddressSpace
                 off = Page.AlignDown(a, step) + step - oldAddress;
                 continue;
             }
+            if (order > 0 && (e.Value & Pte.Huge) == 0)
+            {
+                off = Page.AlignDown(a, step) + step - oldAddress;   // a non-leaf non-present upper entry: nothing to move
+                continue;
+            }
             if (order > 0)
             {
                 ulong hs = Page.Bytes(order);
                 bool aligned = Page.IsAligned(a, hs) && Page.IsAligned(target + off, hs) && off + hs <= moveLen;
                 if (!aligned && order == Page.PmdOrder && src.Kind == VmaKind.Anonymous)
                 {
-                    SplitHugePmdLocked(Page.AlignDown(a, hs), slot);
+                    SplitHugePmd(Page.AlignDown(a, hs), slot);
                     continue;
                 }
                 if (!aligned)
                 {
                     // File-backed huge entries are dropped and refault at the new place.
-                    MmuGather g = MmuGather.Rent();
-                    ZapRange(src, Page.AlignDown(a, hs), Page.AlignDown(a, hs) + hs, g);
-                    FinishGather(g);
+                    ZapHugeLeafBracketed(src, Page.AlignDown(a, hs), slot, order);
                     off = Page.AlignDown(a, hs) + hs - oldAddress;
                     continue;
                 }
@@ -162,7 +250,7 @@ public sealed unsafe partial class AddressSpace
             {
                 ulong v = *slot;
                 *slot = 0;
-                *dst = v;
+                Volatile.Write(ref *dst, v);
             }
             off += step;
         }
@@ -172,20 +260,21 @@ public sealed unsafe partial class AddressSpace
         src.File?.Mappings.Remove(src);
         if (dontUnmap)
         {
-            InsertVmaLocked(src.With(src.Start, src.End, anon: new AnonVma()));
+            // The old range stays mapped, empty (kernel: the source VMA loses its anon_vma).
+            var empty = new Vma(this, src.Start, src.End, src.Flags, src.Kind, src.File, src.Pgoff, null) { Reservation = src.Reservation };
+            Vmas.Insert(empty);
+            src.File?.Mappings.Add(empty);
         }
         else
         {
-            int first = Vmas.IndexOfFirstEndingAbove(oldAddress);
-            ulong floor = first > 0 ? Vmas.All[first - 1].End : 0;
-            ulong ceiling = first < Vmas.Count ? Vmas.All[first].Start : TaskSize + 1;
+            Vma? before = Vmas.FindLastStartingBelow(oldAddress);
+            Vma? after = Vmas.FindFirstEndingAbove(oldAddress);
+            ulong floor = before?.End ?? 0;
+            ulong ceiling = after?.Start ?? TaskSize + 1;
             FreePgTables(oldAddress, oldAddress + oldLen, floor, ceiling);
+            ReleaseFile(src.File, 1);
         }
-        if (newLen < oldLen)
-        {
-            // Shrinking move: the tail of the old range is unmapped.
-            UnmapLocked(target + newLen, target + oldLen);
-        }
+        MergeAroundLocked(moved);
         return target;
     }
 }

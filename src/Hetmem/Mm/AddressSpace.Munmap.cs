@@ -55,26 +55,35 @@ public sealed partial class AddressSpace
         {
             return;
         }
-        int first = Vmas.IndexOfFirstEndingAbove(start);
-        ulong floor = first > 0 ? Vmas.All[first - 1].End : 0;
+        Vma? before = Vmas.Prev(victims[0]);
+        ulong floor = before?.End ?? 0;
         foreach (Vma v in victims)
         {
             Vmas.Remove(v);
             v.File?.Mappings.Remove(v);
         }
-        int next = Vmas.IndexOfFirstEndingAbove(start);
-        ulong ceiling = next < Vmas.Count ? Vmas.All[next].Start : TaskSize + 1;
+        Vma? after = Vmas.FindFirstEndingAbove(start);
+        ulong ceiling = after?.Start ?? TaskSize + 1;
         MmuGather g = MmuGather.Rent();
         foreach (Vma v in victims)
         {
             var range = new MmuNotifierRange(this, v.Start, v.End, MmuNotifierEvent.Unmap);
             Notifiers.InvalidateRangeStart(range);
             ZapRange(v, v.Start, v.End, g);
+            if (g.NeedFlush)
+            {
+                FlushTlb();   // before the end callback: a mirror re-faulting after end must not see a stale CPU TLB entry
+                g.NeedFlush = false;
+            }
             Notifiers.InvalidateRangeEnd(range);
             ReleaseReservation(v);
         }
         FinishGather(g);
         FreePgTables(start, end, floor, ceiling);
+        foreach (Vma v in victims)
+        {
+            ReleaseFile(v.File, 1);
+        }
     }
 
     private static void ReleaseReservation(Vma v)

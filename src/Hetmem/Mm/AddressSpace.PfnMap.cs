@@ -64,7 +64,7 @@ public sealed unsafe partial class AddressSpace
             ThrowIfDead();
             ulong start = address != 0 && Page.IsAligned(address, Page.Size) && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(0, len, Page.Size);
             VmFlags vf = (VmFlags)(int)prot | VmFlags.MayRead | VmFlags.MayWrite | VmFlags.MixedMap | (shared ? VmFlags.Shared | VmFlags.MayShare : 0);
-            var vma = new Vma(this, start, start + len, vf, VmaKind.MixedMap, null, start >> Page.Shift, new AnonVma());
+            var vma = new Vma(this, start, start + len, vf, VmaKind.MixedMap, null, start >> Page.Shift, null);
             var installed = new List<(ulong Address, ulong Pfn)>();
             for (ulong a = start; a < start + len; a += Page.Size)
             {

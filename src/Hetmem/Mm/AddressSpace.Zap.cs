@@ -79,8 +79,10 @@ public sealed unsafe partial class AddressSpace
             }
             if ((pudE.Value & Pte.Huge) != 0)
             {
-                // PUD leaf (DAX or hugetlb 1 GiB): partial zaps drop the whole entry; it refaults in smaller pieces.
-                ZapLeaf(vma, pud, Page.PudOrder, g, onlyFile, evenCows);
+                // PUD leaf (DAX or hugetlb 1 GiB): a partial zap drops the whole entry (it refaults in smaller
+                // pieces), inside a CLEAR bracket of its own that covers the whole leaf.
+                bool whole = Page.IsAligned(addr, Page.PudSize) && pudNext - addr == Page.PudSize;
+                ZapHugeLeaf(vma, Page.AlignDown(addr, Page.PudSize), pud, Page.PudOrder, g, onlyFile, evenCows, whole);
                 addr = pudNext;
                 continue;
             }
@@ -98,12 +100,12 @@ public sealed unsafe partial class AddressSpace
                 {
                     bool whole = Page.AlignDown(addr, Page.PmdSize) == addr && pmdNext - addr == Page.PmdSize;
                     bool anonThp = !pmdE.IsDevMap && vma.Kind == VmaKind.Anonymous;
-                    if (!whole && anonThp && pmdE.MapsPage)
+                    if (!whole && anonThp && (pmdE.MapsPage || pmdE.SwapType is SwapEntryType.Migration or SwapEntryType.DevicePrivate))
                     {
-                        SplitHugePmdLocked(Page.AlignDown(addr, Page.PmdSize), pmd);
+                        SplitHugePmd(Page.AlignDown(addr, Page.PmdSize), pmd);
                         continue; // now a table: zap its PTEs below
                     }
-                    ZapLeaf(vma, pmd, Page.PmdOrder, g, onlyFile, evenCows);
+                    ZapHugeLeaf(vma, Page.AlignDown(addr, Page.PmdSize), pmd, Page.PmdOrder, g, onlyFile, evenCows, whole);
                     addr = pmdNext;
                     continue;
                 }
@@ -123,6 +125,25 @@ public sealed unsafe partial class AddressSpace
                 }
             }
         }
+    }
+
+    /// <summary>Zaps a huge leaf; when only part of it is in the zapped range, inside a CLEAR bracket over the whole leaf.</summary>
+    private void ZapHugeLeaf(Vma vma, ulong hstart, ulong* slot, int order, MmuGather g, bool onlyFile, bool evenCows, bool whole)
+    {
+        if (whole)
+        {
+            ZapLeaf(vma, slot, order, g, onlyFile, evenCows);
+            return;
+        }
+        var range = new MmuNotifierRange(this, hstart, hstart + Page.Bytes(order), MmuNotifierEvent.Clear);
+        Notifiers.InvalidateRangeStart(range);
+        ZapLeaf(vma, slot, order, g, onlyFile, evenCows);
+        if (g.NeedFlush)
+        {
+            FlushTlb();
+            g.NeedFlush = false;
+        }
+        Notifiers.InvalidateRangeEnd(range);
     }
 
     /// <summary>Clears one leaf entry (any level) and gathers the reference it held.</summary>

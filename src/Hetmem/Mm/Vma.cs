@@ -71,6 +71,8 @@ public enum VmFlags : uint
     Io = 1 << 14,
     /// <summary>VM_DONTEXPAND.</summary>
     DontExpand = 1 << 18,
+    /// <summary>VM_ACCOUNT: private writable memory charged to the commit limit (invisible in maps, but VMAs that differ in it do not merge).</summary>
+    Account = 1 << 20,
     /// <summary>VM_NORESERVE.</summary>
     NoReserve = 1 << 21,
     /// <summary>VM_HUGETLB.</summary>
@@ -116,10 +118,29 @@ public sealed class AnonVma
 {
 }
 
-/// <summary>Huge pages reserved at mmap for a hugetlb VMA and not yet consumed by faults (shared by the pieces of a split VMA).</summary>
+/// <summary>
+/// Huge pages reserved at mmap for a private hugetlb VMA and not yet consumed by its faults (kernel: the
+/// vma's resv_map for a MAP_PRIVATE mapping); shared by the pieces of a split VMA.
+/// </summary>
 internal sealed class HugeReservation
 {
     public long Remaining;   // atomic
+
+    /// <summary>Consumes one reserved page if any is left.</summary>
+    public bool TryTake()
+    {
+        long cur = Interlocked.Read(ref Remaining);
+        while (cur > 0)
+        {
+            long seen = Interlocked.CompareExchange(ref Remaining, cur - 1, cur);
+            if (seen == cur)
+            {
+                return true;
+            }
+            cur = seen;
+        }
+        return false;
+    }
 }
 
 /// <summary>
@@ -137,8 +158,10 @@ public sealed class Vma : IFileMapping
         Kind = kind;
         File = file;
         Pgoff = pgoff;
-        Anon = anon;
+        _anon = anon;
     }
+
+    private AnonVma? _anon;   // set once (CAS) by the first anonymous fault (kernel: anon_vma_prepare); read with Volatile
 
     /// <summary>The owning address space.</summary>
     public AddressSpace Space { get; }
@@ -155,8 +178,23 @@ public sealed class Vma : IFileMapping
     public IMappable? File { get; }
     /// <summary>File page index at <see cref="Start"/> (for anonymous VMAs, the anon page index; for PFN maps, the first PFN).</summary>
     public ulong Pgoff { get; }
-    /// <summary>Anonymous owner (private anonymous pages and COW copies), or null before the first COW of a private file VMA.</summary>
-    public AnonVma? Anon { get; }
+    /// <summary>
+    /// Anonymous owner (private anonymous pages and COW copies), or null before the VMA's first anonymous page
+    /// (kernel: vma->anon_vma, set lazily by anon_vma_prepare). Always null for shared mappings.
+    /// </summary>
+    public AnonVma? Anon => Volatile.Read(ref _anon);
+
+    /// <summary>Returns <see cref="Anon"/>, creating it on first use (kernel: anon_vma_prepare). Mmap lock held (either side).</summary>
+    internal AnonVma PrepareAnon()
+    {
+        AnonVma? a = Volatile.Read(ref _anon);
+        if (a is not null)
+        {
+            return a;
+        }
+        var fresh = new AnonVma();
+        return Interlocked.CompareExchange(ref _anon, fresh, null) ?? fresh;
+    }
     /// <summary>Length in bytes.</summary>
     public ulong Length => End - Start;
     /// <summary>True when the VMA is shared (VM_SHARED).</summary>

@@ -98,6 +98,12 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
     /// <summary>RAM frames in use (total minus free minus the zero page).</summary>
     public long UsedFrames => (long)RamFrames - 1 - FreeFrames;
 
+    /// <summary>
+    /// Optional observer of RAM allocations and frees (kernel: page_owner), for leak-checking tests; null in
+    /// production. Called outside the buddy lock; must not allocate frames.
+    /// </summary>
+    internal IFrameTracker? Tracker { get; set; }
+
     /// <summary>Size of the per-frame metadata in bytes (target ≤ 32; Linux spends 64).</summary>
     public static int FrameMetadataBytes => Unsafe.SizeOf<FrameInfo>();
 
@@ -215,6 +221,7 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
         {
             ZeroFrames(pfn, n);
         }
+        Tracker?.Allocated(pfn, order);
         return pfn;
     }
 
@@ -302,6 +309,7 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
                 t.Flags = 0;
                 t.Generation++;
             }
+            Tracker?.Freed(head, order);
             lock (_buddyLock)
             {
                 FreeToBuddyLocked(idx, order);
@@ -456,4 +464,14 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
         }
         NativeMemory.AlignedFree(_ram);
     }
+}
+
+/// <summary>Observes RAM frame allocations and frees (kernel: page_owner); see <see cref="PhysicalMemory.Tracker"/>.</summary>
+internal interface IFrameTracker
+{
+    /// <summary>A block of 2^<paramref name="order"/> frames at <paramref name="pfn"/> was allocated.</summary>
+    void Allocated(ulong pfn, int order);
+
+    /// <summary>The block at <paramref name="pfn"/> goes back to the buddy allocator.</summary>
+    void Freed(ulong pfn, int order);
 }

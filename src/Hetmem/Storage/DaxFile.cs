@@ -267,14 +267,19 @@ public sealed unsafe class DaxFile : Inode
                     p = e.FileBlock + e.Length;
                     continue;
                 }
+                // Fill the hole a chunk at a time (a 1 GiB-aligned GiB, else up to the next 2 MiB boundary), so
+                // running out of space leaves a short write of the chunks that fit, as the kernel's write does.
                 ulong holeEnd = Math.Min(endBlock, NextExtentStartLocked(p));
-                error = AllocateRangeLocked(p, holeEnd - p);
+                ulong pud = 1UL << Page.PudOrder;
+                ulong pmd = 1UL << Page.PmdOrder;
+                ulong chunkEnd = p % pud == 0 && holeEnd - p >= pud ? p + pud : Math.Min(holeEnd, p - p % pmd + pmd);
+                error = AllocateRangeLocked(p, chunkEnd - p);
                 if (error != Errno.Ok)
                 {
                     limitBlock = p;
                     break;
                 }
-                p = holeEnd;
+                p = chunkEnd;
             }
         }
         ulong limit = Math.Min(end, limitBlock << Page.Shift);

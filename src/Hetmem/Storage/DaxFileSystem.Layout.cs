@@ -187,11 +187,12 @@ public sealed partial class DaxFileSystem
             }
             string name = Encoding.UTF8.GetString(b.Slice(InName, (int)nameLength));
             ulong size = BinaryPrimitives.ReadUInt64LittleEndian(b[InSize..]);
-            int count = (int)BinaryPrimitives.ReadUInt32LittleEndian(b[InExtentCount..]);
-            if (size > MaxFileSize || count < 0 || count > (int)(TotalBlocks - DataStartBlock))
+            uint rawCount = BinaryPrimitives.ReadUInt32LittleEndian(b[InExtentCount..]);
+            if (size > MaxFileSize || rawCount > TotalBlocks - DataStartBlock || rawCount > int.MaxValue)
             {
                 Corrupt(slot, "bad size or extent count");
             }
+            int count = (int)rawCount;
             var extents = new List<DaxExtent>(count);
             var overflow = new List<ulong>();
             for (int i = 0; i < Math.Min(count, InlineExtents); i++)

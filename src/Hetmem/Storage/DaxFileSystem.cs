@@ -225,8 +225,9 @@ public sealed unsafe partial class DaxFileSystem : IDisposable
     public void Sync() => Namespace.Flush(0, TotalBlocks);
 
     /// <summary>
-    /// Unmounts: evicts every in-memory inode (an open orphan is freed now), writes the metadata back and closes the
-    /// hole-punching descriptor. The namespace stays open; the caller disposes it.
+    /// Unmounts (kernel: umount, which syncs first): evicts every in-memory inode (an open orphan is freed now),
+    /// writes the namespace back and closes the hole-punching descriptor. The namespace stays open; the caller
+    /// disposes it.
     /// </summary>
     public void Dispose()
     {
@@ -245,7 +246,7 @@ public sealed unsafe partial class DaxFileSystem : IDisposable
         {
             f.Evict();
         }
-        Namespace.Flush(0, DataStartBlock);
+        Namespace.Flush(0, TotalBlocks);
         CloseHost();
     }
 

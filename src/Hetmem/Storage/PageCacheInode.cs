@@ -428,7 +428,7 @@ public abstract class PageCacheInode : Inode
         }
         if (done < data.Length && end > old)
         {
-            TrimBacking(Math.Max(old, offset + (ulong)done));
+            TrimBacking(Size); // the size grew only by the pages that were written
         }
         if (done == 0)
         {

@@ -1,0 +1,42 @@
+using Hetmem.Mm;
+
+namespace Hetmem.Cli.Devices;
+
+/// <summary>
+/// A device taking part in the demo scenario: it mirrors windows of the address space, reads and writes through its
+/// own translations, and reports how many translations it holds, so the scenario can check that it saw the CPU's
+/// data and lost its translations whenever the CPU side changed. Each Hetmem device (the mini mirror, dmirror, the
+/// GPU, the RDMA NIC) plugs in with an adapter.
+/// </summary>
+internal interface IDemoDevice : IDisposable
+{
+    /// <summary>Device name, also its trace track (<c>mirror0</c>, <c>dmirror0</c>, <c>gpu0</c>).</summary>
+    string Name { get; }
+
+    /// <summary>What it is, for the device table.</summary>
+    string Description { get; }
+
+    /// <summary>Mirrors [<paramref name="start"/>, +<paramref name="length"/>) of the scenario's address space.</summary>
+    void Attach(ulong start, ulong length, string label);
+
+    /// <summary>Brings [<paramref name="start"/>, <paramref name="end"/>) into the device's translations (device fault).</summary>
+    Errno Fault(ulong start, ulong end, bool write);
+
+    /// <summary>The device loads 8 bytes through its translations, faulting when needed.</summary>
+    Errno ReadInt64(ulong address, out long value);
+
+    /// <summary>The device stores 8 bytes through its translations, faulting for write when needed.</summary>
+    Errno WriteInt64(ulong address, long value);
+
+    /// <summary>Pages in [<paramref name="start"/>, <paramref name="end"/>) the device can currently access.</summary>
+    long ValidPages(ulong start, ulong end);
+
+    /// <summary>Pages in [<paramref name="start"/>, <paramref name="end"/>) the device can currently write.</summary>
+    long WritablePages(ulong start, ulong end);
+
+    /// <summary>Invalidations of <paramref name="kind"/> the device received so far.</summary>
+    long Invalidations(MmuNotifierEvent kind);
+
+    /// <summary>Rows for the device's table: (metric, value).</summary>
+    IReadOnlyList<(string Metric, string Value)> Stats();
+}

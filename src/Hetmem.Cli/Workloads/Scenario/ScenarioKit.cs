@@ -1,0 +1,107 @@
+using System.Globalization;
+using Hetmem.Cli.Devices;
+using Hetmem.Mm;
+using Hetmem.Physical;
+
+namespace Hetmem.Cli.Workloads.Scenario;
+
+/// <summary>Helpers the scenario workloads share: device faults and data checks over regions, expected signals, tables.</summary>
+internal static class ScenarioKit
+{
+    /// <summary>Device faults cover 1 MiB at a time.</summary>
+    public const int FaultChunkPages = 256;
+
+    public static void FaultAll(IDemoDevice dev, DemoRegion reg, bool write)
+    {
+        for (ulong p = 0; p < reg.Pages; p += FaultChunkPages)
+        {
+            ulong end = Math.Min(reg.Pages, p + FaultChunkPages);
+            Require(dev.Fault(reg.PageAddress(p), reg.PageAddress(end), write), $"{dev.Name} {(write ? "write" : "read")} fault of {reg.Name} pages {p}..{end}");
+        }
+    }
+
+    /// <summary>The device reads every checked word of pages [first, end) of <paramref name="reg"/>; returns the number of words.</summary>
+    public static long VerifyDevice(IDemoDevice dev, DemoRegion reg, ulong first, ulong end)
+    {
+        long n = 0;
+        for (ulong p = first; p < end; p++)
+        {
+            for (int w = 0; w < DemoRegion.WordOffsets.Length; w++)
+            {
+                Errno e = dev.ReadInt64(reg.WordAddress(p, w), out long v);
+                Require(e, $"{dev.Name} read of {reg.Name} page {p}");
+                WorkloadResult.Require(v == reg.Expected(p, w), $"{dev.Name}: {reg.Name} page {p} word {w} = 0x{v:x}, expected 0x{reg.Expected(p, w):x}");
+                n++;
+            }
+        }
+        return n;
+    }
+
+    public static void Require(Errno e, string what) => WorkloadResult.Require(e == Errno.Ok, $"{what}: {e}");
+
+    public static SegmentationFault ExpectSegv(Action a)
+    {
+        try
+        {
+            a();
+        }
+        catch (SegmentationFault f)
+        {
+            return f;
+        }
+        throw new CheckFailedException("the access did not raise SIGSEGV");
+    }
+
+    public static BusError ExpectBus(Action a)
+    {
+        try
+        {
+            a();
+        }
+        catch (BusError b)
+        {
+            return b;
+        }
+        throw new CheckFailedException("the access did not raise SIGBUS");
+    }
+
+    /// <summary>Adds the maps table (kernel: /proc/pid/smaps, condensed).</summary>
+    public static void MapsTable(WorkloadResult r, IReadOnlyList<MapsEntry> maps)
+    {
+        ResultTable t = r.Table("maps (before exit)", "range", "perms", "kind", "size", "resident pages", "huge entries (PMD/PUD)", "swap", "device")
+            .AlignRight(3, 4, 5, 6, 7);
+        foreach (MapsEntry m in maps)
+        {
+            t.AddRow($"{m.Start:x12}-{m.End:x12}", m.Perms, m.Kind.ToString(), SizeParser.Format(m.End - m.Start),
+                m.ResidentPages.ToString("#,0", CultureInfo.InvariantCulture), $"{m.PmdEntries}/{m.PudEntries}",
+                m.SwapPages.ToString(CultureInfo.InvariantCulture), m.DevicePages.ToString(CultureInfo.InvariantCulture));
+        }
+    }
+
+    /// <summary>Adds the vmstat counters table: the process totals and what this run added.</summary>
+    public static void CountersTable(WorkloadResult r, IReadOnlyDictionary<string, long> atStart)
+    {
+        ResultTable t = r.Table("counters (Hetmem.Diagnostics.Counters)", "counter", "this run", "process total").AlignRight(1, 2);
+        foreach ((string k, long v) in Counters.Snapshot())
+        {
+            long d = v - atStart.GetValueOrDefault(k);
+            t.AddRow(k, d.ToString("#,0", CultureInfo.InvariantCulture), v.ToString("#,0", CultureInfo.InvariantCulture));
+        }
+    }
+
+    /// <summary>Adds one table per device with its statistics.</summary>
+    public static void DeviceTables(WorkloadResult r, IEnumerable<IDemoDevice> devices)
+    {
+        foreach (IDemoDevice dev in devices)
+        {
+            ResultTable t = r.Table($"device {dev.Name}: {dev.Description}", "metric", "value").AlignRight(1);
+            foreach ((string metric, string value) in dev.Stats())
+            {
+                t.AddRow(metric, value);
+            }
+        }
+    }
+
+    /// <summary>Formats a count with thousands separators.</summary>
+    public static string N(long v) => v.ToString("#,0", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,499 @@
+using System.Runtime.InteropServices;
+using Hetmem.Mm;
+using Hetmem.Physical;
+
+namespace Hetmem.Devices.Dmirror;
+
+/// <summary>
+/// One node of the HMM test device, <c>/dev/hmm_dmirror&lt;Id&gt;</c> (kernel: struct dmirror_device in
+/// lib/test_hmm.c): its fake device memory in 256 MiB chunks, the free lists of single pages and 512-page folios,
+/// the allocation counters, and the device page-map callbacks (<c>PageFree</c>, <c>MigrateToRam</c>).
+/// </summary>
+/// <remarks>
+/// <para><b>Memory.</b> A device-private node registers each chunk as <see cref="MemoryType.DevicePrivate"/> without
+/// CPU-addressable memory; every allocated device page gets a system "backing" page that really holds its data, as
+/// the kernel driver does. A device-coherent node registers its special-purpose memory (one host arena of one
+/// chunk, allocated with the node) as <see cref="MemoryType.DeviceCoherent"/>: the device pages hold the data
+/// themselves and the CPU maps them with ordinary entries. Since every coherent chunk starts at that same arena, a
+/// coherent node never grows past one chunk.</para>
+/// <para><b>Locking.</b> <c>_devmemLock</c> (kernel: devmem_lock) serialises chunk creation and removal;
+/// <c>_lock</c> (kernel: the device spinlock, a leaf) protects the free lists, the counters and
+/// <see cref="DmirrorChunk.Remove"/>. The chunk table is copy-on-write so <see cref="PageFree"/> finds chunks
+/// without a lock.</para>
+/// </remarks>
+public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposable
+{
+    /// <summary>Pages in one chunk of device memory: 256 MiB (kernel: DEVMEM_CHUNK_SIZE).</summary>
+    public const ulong ChunkPages = (256UL << 20) >> Page.Shift;
+    /// <summary>Slots the chunk table grows by (kernel: DEVMEM_CHUNKS_RESERVE).</summary>
+    public const int ChunksReserve = 16;
+    private const ulong FolioPages = 1UL << Page.PmdOrder;
+
+    private readonly object _devmemLock = new();      // chunk creation/removal (kernel: devmem_lock)
+    private readonly Lock _lock = new();               // free lists, counters, chunk Remove flags (kernel: mdevice->lock)
+    private DmirrorChunk[] _chunks = [];               // copy-on-write under _devmemLock; read lock-free
+    private int _capacity;                             // guarded by _devmemLock (kernel: devmem_capacity)
+    private ulong _freePages = Page.NoPfn;             // guarded by _lock; head of the single-page free list
+    private ulong _freeFolios = Page.NoPfn;            // guarded by _lock; head of the 512-page folio free list
+    private ulong _calloc;                             // guarded by _lock
+    private ulong _cfree;                              // guarded by _lock
+    private byte* _spm;                                // immutable until Dispose; coherent nodes' special-purpose memory
+    private bool _disposed;                            // guarded by _devmemLock
+
+    internal DmirrorDevice(DmirrorDriver driver, int id, DmirrorMemoryType type)
+    {
+        Driver = driver;
+        Id = id;
+        MemoryType = type;
+        Memory = driver.Memory;
+        if (type == DmirrorMemoryType.DeviceCoherent)
+        {
+            _spm = (byte*)NativeMemory.AlignedAlloc((nuint)(ChunkPages << Page.Shift), (nuint)Page.PmdSize);
+        }
+        // Build the first chunk of free device pages (kernel: dmirror_device_init → dmirror_allocate_chunk).
+        Errno e = AllocateChunk(large: false, wantPage: false, out _);
+        if (e != Errno.Ok)
+        {
+            FreeSpm();
+            MmException.Throw(e, $"hmm_dmirror{id}: cannot create the first device memory chunk");
+        }
+    }
+
+    /// <summary>The driver this node belongs to.</summary>
+    public DmirrorDriver Driver { get; }
+    /// <summary>Node number (the minor of /dev/hmm_dmirror&lt;Id&gt;).</summary>
+    public int Id { get; }
+    /// <summary>Private (nodes 0, 1) or coherent (nodes 2, 3).</summary>
+    public DmirrorMemoryType MemoryType { get; }
+    /// <summary>The physical memory the device memory is registered with.</summary>
+    public PhysicalMemory Memory { get; }
+    /// <summary>True for a device-private node.</summary>
+    public bool IsPrivate => MemoryType == DmirrorMemoryType.DevicePrivate;
+    /// <summary>The page-map type of this node's chunks.</summary>
+    public MemoryType PageMapType => IsPrivate ? Physical.MemoryType.DevicePrivate : Physical.MemoryType.DeviceCoherent;
+
+    /// <summary>Device pages allocated since the node was created (kernel: calloc).</summary>
+    public ulong AllocatedPages
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _calloc;
+            }
+        }
+    }
+
+    /// <summary>Device pages freed since the node was created (kernel: cfree).</summary>
+    public ulong FreedPages
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _cfree;
+            }
+        }
+    }
+
+    /// <summary>Number of memory chunks (kernel: devmem_count).</summary>
+    public int ChunkCount => Volatile.Read(ref _chunks).Length;
+
+    /// <summary>Slots of the chunk table (kernel: devmem_capacity; grows by <see cref="ChunksReserve"/>).</summary>
+    public int ChunkCapacity
+    {
+        get
+        {
+            lock (_devmemLock)
+            {
+                return _capacity;
+            }
+        }
+    }
+
+    /// <summary>The page maps of the current chunks.</summary>
+    public IReadOnlyList<DevicePageMap> PageMaps => [.. Volatile.Read(ref _chunks).Select(c => c.Map)];
+
+    /// <summary>Free single pages and free folios on the lists (walks the lists; for tests and tools).</summary>
+    public (ulong Pages, ulong Folios) FreeListLengths
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return (ListLength(_freePages), ListLength(_freeFolios));
+            }
+        }
+    }
+
+    /// <summary>Device pages currently allocated (allocated minus freed, over the chunks that still exist).</summary>
+    public ulong PagesInUse
+    {
+        get
+        {
+            ulong total = 0;
+            foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+            {
+                total += c.PageCount;
+            }
+            (ulong pages, ulong folios) = FreeListLengths;
+            return total - pages - folios * FolioPages;
+        }
+    }
+
+    private ulong ListLength(ulong head)
+    {
+        ulong n = 0;
+        for (ulong p = head; p != Page.NoPfn; p = NextFree(p))
+        {
+            n++;
+        }
+        return n;
+    }
+
+    /// <summary>True when <paramref name="pfn"/> is a page of this node's memory.</summary>
+    public bool Owns(ulong pfn) => FindChunk(pfn) is not null;
+
+    internal DmirrorChunk? FindChunk(ulong pfn)
+    {
+        foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+        {
+            if (c.Contains(pfn))
+            {
+                return c;
+            }
+        }
+        return null;
+    }
+
+    private ulong NextFree(ulong pfn)
+    {
+        DmirrorChunk c = FindChunk(pfn)!;
+        return c.Link[c.Offset(pfn)];
+    }
+
+    /// <summary>
+    /// The system page that holds the data of device page <paramref name="pfn"/> (kernel: BACKING_PAGE): the backing
+    /// page of a private page, the page itself for a coherent one. <see cref="Page.NoPfn"/> for a page of another node.
+    /// </summary>
+    public ulong BackingPage(ulong pfn)
+    {
+        DmirrorChunk? c = FindChunk(pfn);
+        if (c is null)
+        {
+            return Page.NoPfn;
+        }
+        return IsPrivate ? c.Backing[c.Offset(pfn)] : pfn;
+    }
+
+    /// <summary>
+    /// Adds a chunk of device memory (kernel: dmirror_allocate_chunk). A chunk made for a large request is carved
+    /// into PMD-aligned 512-page folios; otherwise every page goes on the single list. With <paramref name="wantPage"/>
+    /// one page (or folio) is taken from the new chunk and returned in <paramref name="pfn"/>.
+    /// </summary>
+    private Errno AllocateChunk(bool large, bool wantPage, out ulong pfn)
+    {
+        pfn = Page.NoPfn;
+        DmirrorChunk chunk;
+        lock (_devmemLock)
+        {
+            if (_disposed)
+            {
+                return Errno.ENODEV;
+            }
+            if (!IsPrivate && _chunks.Length > 0)
+            {
+                // Every coherent chunk would claim the same special-purpose memory: the second registration fails.
+                return Errno.EBUSY;
+            }
+            DevicePageMap map;
+            try
+            {
+                map = Memory.RegisterDevicePageMap(PageMapType, ChunkPages, IsPrivate ? null : _spm, this, this);
+            }
+            catch (MmException ex)
+            {
+                return ex.Errno;
+            }
+            catch (ObjectDisposedException)
+            {
+                return Errno.ENODEV;
+            }
+            chunk = new DmirrorChunk(this, map);
+            if (_chunks.Length == _capacity)
+            {
+                _capacity += ChunksReserve;
+            }
+            Volatile.Write(ref _chunks, [.. _chunks, chunk]);
+        }
+        lock (_lock)
+        {
+            ulong first = chunk.FirstPfn;
+            ulong last = first + chunk.PageCount;
+            for (ulong p = first; p < last;)
+            {
+                if (large && Page.IsAligned(p, FolioPages) && p + FolioPages <= last)
+                {
+                    chunk.Link[chunk.Offset(p)] = _freeFolios;
+                    _freeFolios = p;
+                    p += FolioPages;
+                    continue;
+                }
+                chunk.Link[chunk.Offset(p)] = _freePages;
+                _freePages = p;
+                p++;
+            }
+            if (!wantPage)
+            {
+                return Errno.Ok;
+            }
+            pfn = PopLocked(large);
+            return pfn == Page.NoPfn ? Errno.ENOMEM : Errno.Ok;
+        }
+    }
+
+    private ulong PopLocked(bool large)
+    {
+        ref ulong head = ref large ? ref _freeFolios : ref _freePages;
+        ulong p = head;
+        if (p == Page.NoPfn)
+        {
+            return p;
+        }
+        DmirrorChunk c = FindChunk(p)!;
+        head = c.Link[c.Offset(p)];
+        _calloc += large ? FolioPages : 1;
+        return p;
+    }
+
+    /// <summary>
+    /// Allocates a device page, or a 512-page device folio when <paramref name="large"/> (kernel:
+    /// dmirror_devmem_alloc_page): for a private node first a system backing page (folio) of the same order; then a
+    /// free device page, creating a chunk when the lists are empty. The page is initialised with one reference and
+    /// locked, ready to be a migration destination, and remembers <paramref name="owner"/> as its mirror.
+    /// </summary>
+    /// <returns>The head PFN, or <see cref="Page.NoPfn"/> when system or device memory ran out.</returns>
+    internal ulong AllocatePage(bool large, DmirrorFile owner)
+    {
+        int order = large ? Page.PmdOrder : 0;
+        ulong rpage = Page.NoPfn;
+        if (IsPrivate)
+        {
+            rpage = Memory.Allocate(order);
+            if (rpage == Page.NoPfn)
+            {
+                return Page.NoPfn;
+            }
+        }
+        ulong dpage;
+        lock (_lock)
+        {
+            dpage = PopLocked(large);
+        }
+        if (dpage == Page.NoPfn && AllocateChunk(large, wantPage: true, out dpage) != Errno.Ok)
+        {
+            if (rpage != Page.NoPfn)
+            {
+                Memory.Put(rpage);
+            }
+            return Page.NoPfn;
+        }
+        DmirrorChunk c = FindChunk(dpage)!;
+        int off = c.Offset(dpage);
+        int n = 1 << order;
+        for (int k = 0; k < n; k++)
+        {
+            c.Backing[off + k] = rpage == Page.NoPfn ? Page.NoPfn : rpage + (ulong)k;
+            c.Owner[off + k] = owner;
+            c.Order[off + k] = k == 0 ? (byte)order : DmirrorChunk.FolioMember;
+        }
+        if (large)
+        {
+            c.BackingSplit[off / DmirrorChunk.FolioPages] = false;
+        }
+        Memory.InitDevicePage(dpage, order);
+        Memory.LockFrame(dpage);
+        return dpage;
+    }
+
+    /// <summary>
+    /// The last reference of device page <paramref name="pfn"/> was dropped (kernel: dmirror_devmem_free): its backing
+    /// page is freed and the page returns to its free list, unless its chunk is being removed. A folio the core split
+    /// into base pages (its tails lost the Tail flag) is freed page by page; its backing folio is split to match the
+    /// first time (kernel: dmirror_devmem_folio_split).
+    /// </summary>
+    public void PageFree(ulong pfn)
+    {
+        DmirrorChunk? c = FindChunk(pfn);
+        if (c is null)
+        {
+            throw new InvalidOperationException($"hmm_dmirror{Id}: PageFree of PFN 0x{pfn:x} that is not in any chunk");
+        }
+        int off = c.Offset(pfn);
+        int order = c.Order[off];
+        if (order == Page.PmdOrder && !Memory.Frame(pfn + 1).Has(FrameFlags.Tail))
+        {
+            order = DmirrorChunk.FolioMember; // the core split this folio: free the head alone
+        }
+        if (order == DmirrorChunk.FolioMember)
+        {
+            SplitBackingOnce(c, off);
+            order = 0;
+        }
+        int n = 1 << order;
+        ulong rpage = c.Backing[off];
+        for (int k = 0; k < n; k++)
+        {
+            c.Backing[off + k] = Page.NoPfn;
+            c.Owner[off + k] = null;
+            c.Order[off + k] = 0;
+        }
+        if (rpage != Page.NoPfn)
+        {
+            Memory.Put(rpage);
+        }
+        lock (_lock)
+        {
+            if (c.Remove)
+            {
+                return;
+            }
+            _cfree += (ulong)n;
+            if (order != 0)
+            {
+                c.Link[off] = _freeFolios;
+                _freeFolios = pfn;
+            }
+            else
+            {
+                c.Link[off] = _freePages;
+                _freePages = pfn;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The device folio containing page <paramref name="off"/> was split into base pages by the core: split its
+    /// backing folio too, once, so each backing page can be freed with its device page. Called before any page of
+    /// the folio is freed, so every backing entry of the folio is still set.
+    /// </summary>
+    private void SplitBackingOnce(DmirrorChunk c, int off)
+    {
+        int region = off / DmirrorChunk.FolioPages;
+        if (c.BackingSplit[region])
+        {
+            return;
+        }
+        c.BackingSplit[region] = true;
+        int headOff = region * DmirrorChunk.FolioPages;
+        ulong rhead = c.Backing[headOff];
+        if (rhead == Page.NoPfn || !IsPrivate)
+        {
+            return;
+        }
+        if (Memory.Frame(rhead).Order != 0)
+        {
+            Memory.SplitCompound(rhead, static _ => 1);
+        }
+    }
+
+    /// <summary>
+    /// Tears down every chunk (kernel: dmirror_device_remove_chunks, the RELEASE command): marks it removed, takes its
+    /// free pages off the lists, evicts its pages in use back to system memory, and unregisters its page map. Later
+    /// allocations create new chunks.
+    /// </summary>
+    public void RemoveChunks()
+    {
+        lock (_devmemLock)
+        {
+            DmirrorChunk[] chunks = _chunks;
+            foreach (DmirrorChunk c in chunks)
+            {
+                lock (_lock)
+                {
+                    c.Remove = true;
+                    RemoveFreePagesLocked(c);
+                }
+                EvictChunk(c);
+                Memory.UnregisterDevicePageMap(c.Map);
+            }
+            lock (_lock)
+            {
+                _freePages = Page.NoPfn;
+                _freeFolios = Page.NoPfn;
+            }
+            Volatile.Write(ref _chunks, []);
+            _capacity = 0;
+        }
+    }
+
+    /// <summary>Evicts every page in use of every chunk back to system memory (kernel: the chunk loop of dmirror_fops_release).</summary>
+    internal void EvictAllChunks()
+    {
+        foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+        {
+            EvictChunk(c);
+        }
+    }
+
+    private void RemoveFreePagesLocked(DmirrorChunk chunk)
+    {
+        _freePages = Filter(_freePages, chunk);
+        _freeFolios = Filter(_freeFolios, chunk);
+    }
+
+    private ulong Filter(ulong head, DmirrorChunk chunk)
+    {
+        ulong newHead = Page.NoPfn;
+        DmirrorChunk? tailChunk = null;
+        int tailOff = 0;
+        for (ulong p = head; p != Page.NoPfn;)
+        {
+            DmirrorChunk c = FindChunk(p)!;
+            int off = c.Offset(p);
+            ulong next = c.Link[off];
+            if (c != chunk)
+            {
+                c.Link[off] = Page.NoPfn;
+                if (tailChunk is null)
+                {
+                    newHead = p;
+                }
+                else
+                {
+                    tailChunk.Link[tailOff] = p;
+                }
+                tailChunk = c;
+                tailOff = off;
+            }
+            p = next;
+        }
+        return newHead;
+    }
+
+    /// <summary>Removes the chunks and frees the special-purpose memory (kernel: dmirror_device_remove).</summary>
+    public void Dispose()
+    {
+        RemoveChunks();
+        lock (_devmemLock)
+        {
+            _disposed = true;
+        }
+        FreeSpm();
+    }
+
+    private void FreeSpm()
+    {
+        if (_spm != null)
+        {
+            NativeMemory.AlignedFree(_spm);
+            _spm = null;
+        }
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"hmm_dmirror{Id} ({MemoryType})";
+
+    /// <summary>Looks up the VMA for a fault (helper for the migrate-to-RAM path; mmap lock held by the caller).</summary>
+    internal static Vma? FindVma(AddressSpace mm, ulong address) => mm.Vmas.Find(address);
+}

@@ -1,0 +1,270 @@
+using System.Diagnostics;
+using Hetmem.Physical;
+
+namespace Hetmem.Mm;
+
+/// <summary>
+/// Page-table helpers for device migration and device-exclusive access (kernel: the parts of mm/migrate_device.c,
+/// mm/migrate.c remove_migration_ptes and mm/rmap.c that touch page tables). Called by <c>Hetmem.Hmm.MigrateVma</c>,
+/// <c>MigrateDevice</c> and <c>DeviceExclusive</c>.
+/// </summary>
+/// <remarks>
+/// <para>Reference convention (the one <see cref="ReleaseEntry"/> implements): a migration, device-private or
+/// device-exclusive entry holds one map count on its frame and one reference on the frame's head, exactly like
+/// the present entry it replaced. Installing a migration entry therefore moves nothing; the migrating thread
+/// takes its own extra reference and the frame lock.</para>
+/// <para>Locking: every helper here changes entries under the page-table lock of the table holding them and
+/// takes no other lock; callers hold the mmap lock (read is enough) so tables cannot be freed under them.</para>
+/// </remarks>
+public sealed unsafe partial class AddressSpace
+{
+    /// <summary>True when <paramref name="pfn"/> is this space's huge zero page (without allocating one).</summary>
+    internal bool IsHugeZeroPfn(ulong pfn) => pfn == Volatile.Read(ref _hugeZeroPfn);
+
+    /// <summary>
+    /// Pointer to the PTE table covering <paramref name="va"/>, or null when the PMD is empty, a huge leaf or a
+    /// non-present PMD entry. Returns the PMD entry through <paramref name="pmdEntry"/> (null when no PMD table).
+    /// </summary>
+    internal ulong* PteTableOf(ulong va, out ulong* pmdEntry)
+    {
+        AssertMmapLocked();
+        pmdEntry = PmdEntry(va, alloc: false);
+        if (pmdEntry == null)
+        {
+            return null;
+        }
+        var e = new Pte(Volatile.Read(ref *pmdEntry));
+        if (!e.IsPresent || e.IsHugeLeaf)
+        {
+            return null;
+        }
+        return TablePtr(e.Pfn);
+    }
+
+    /// <summary>
+    /// Replaces the migration entry for <paramref name="oldPfn"/> at <paramref name="slot"/> with
+    /// <paramref name="newValue"/> under the page-table lock (kernel: remove_migration_pte). Returns false when the
+    /// entry is no longer that migration entry (nothing changed).
+    /// </summary>
+    internal bool ReplaceMigrationEntry(ulong* slot, ulong oldPfn, ulong newValue)
+    {
+        lock (PtlFor(slot))
+        {
+            var cur = new Pte(*slot);
+            if (cur.SwapType != SwapEntryType.Migration || cur.Pfn != oldPfn)
+            {
+                return false;
+            }
+            *slot = newValue;
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// The entry a migration entry turns back into when the source stays (kernel: remove_migration_pte with
+    /// src == dst): a device-private entry for a device-private frame, else a present entry (devmap for
+    /// ZONE_DEVICE frames), writable as the migration entry was.
+    /// </summary>
+    internal ulong RestoredEntryFor(ulong pfn, bool writable, bool huge)
+    {
+        DevicePageMap? map = Memory.IsRam(pfn) ? null : Memory.FindMap(pfn);
+        if (map is { Type: MemoryType.DevicePrivate })
+        {
+            return Pte.MakeSwap(SwapEntryType.DevicePrivate, pfn, writable, huge).Value;
+        }
+        ulong extra = (writable ? Pte.Dirty : 0) | (map is null ? 0 : Pte.DevMap) | (huge ? Pte.Huge : 0);
+        return Pte.Make(pfn, writable, extra).Value;
+    }
+
+    /// <summary>
+    /// Splits a huge PMD (present THP, huge zero page, or a PMD-level migration/device-private entry) for a
+    /// migration walk; false when it could not be split (no memory for the table). Sends its own CLEAR bracket.
+    /// </summary>
+    internal bool TrySplitHugePmdForMigration(ulong start, ulong* pmd)
+    {
+        Debug.Assert(Page.IsAligned(start, Page.PmdSize));
+        try
+        {
+            SplitHugePmd(start, pmd);
+        }
+        catch (MmException)
+        {
+            return false;
+        }
+        var e = new Pte(Volatile.Read(ref *pmd));
+        return e.IsPresent && !e.IsHugeLeaf;
+    }
+
+    /// <summary>
+    /// Splits the compound page <paramref name="head"/> (a THP or a device THP) into base pages when every one of
+    /// its mappings is an entry of <paramref name="table"/> (kernel: split_folio with a frozen reference count).
+    /// <paramref name="lockedPage"/> is a page of the compound the caller already holds locked and referenced (a
+    /// migration's fault page), or <see cref="Page.NoPfn"/>; its reference and lock stay on that base page. Frame
+    /// locks held by others block the split. Base pages that nothing maps are released afterwards.
+    /// </summary>
+    /// <remarks>Takes the head's frame lock (trylock) and the table's page-table lock; caller holds the mmap lock.</remarks>
+    /// <returns>True when the page is now a set of base pages.</returns>
+    internal bool TrySplitMappedCompound(ulong head, ulong* table, ulong lockedPage)
+    {
+        AssertMmapLocked();
+        ref FrameInfo h = ref Memory.Frame(head);
+        int order = h.Order;
+        if (order == 0 || !h.Has(FrameFlags.Head) || h.Has(FrameFlags.HugeTlb))
+        {
+            return false;
+        }
+        int n = 1 << order;
+        int extra = lockedPage - head < (ulong)n ? 1 : 0;
+        bool lockedHead = head != lockedPage;
+        if (lockedHead && !Memory.TryLockFrame(head))
+        {
+            return false;
+        }
+        bool split = false;
+        lock (PtlFor(table))
+        {
+            int inTable = 0;
+            for (int i = 0; i < 512; i++)
+            {
+                var e = new Pte(table[i]);
+                bool maps = e.MapsPage || e.SwapType is SwapEntryType.Migration or SwapEntryType.DevicePrivate or SwapEntryType.DeviceExclusive;
+                if (maps && e.Pfn - head < (ulong)n)
+                {
+                    inTable++;
+                }
+            }
+            int mapped = 0;
+            bool othersLocked = false;
+            for (int k = 0; k < n; k++)
+            {
+                ref FrameInfo t = ref Memory.Frame(head + (ulong)k);
+                int m = Volatile.Read(ref t.MapCount);
+                if (m > 1)
+                {
+                    mapped = -1;
+                    break;
+                }
+                mapped += m;
+                othersLocked |= k != 0 && head + (ulong)k != lockedPage && t.Has(FrameFlags.Locked);
+            }
+            int expected = mapped + extra;
+            if (!othersLocked && mapped == inTable && mapped >= 0 && Interlocked.CompareExchange(ref h.RefCount, 0, expected) == expected)
+            {
+                // Frozen: no TryGet can succeed, and every mapping is under this lock.
+                uint keep = h.Flags & (uint)(FrameFlags.Anon | FrameFlags.Dirty | FrameFlags.UpToDate | FrameFlags.SwapBacked | FrameFlags.AnonExclusive | FrameFlags.DevMap);
+                object? mapping = h.Mapping;
+                ulong index = h.Index;
+                for (int k = n - 1; k >= 0; k--)
+                {
+                    ulong p = head + (ulong)k;
+                    ref FrameInfo t = ref Memory.Frame(p);
+                    int refs = Volatile.Read(ref t.MapCount) + (p == lockedPage ? 1 : 0);
+                    t.Mapping = mapping;
+                    t.Index = index + (ulong)k;
+                    t.Flags = keep | (t.Flags & (uint)FrameFlags.Locked);
+                    Volatile.Write(ref t.RefCount, refs == 0 ? 1 : refs);
+                }
+                split = true;
+            }
+        }
+        if (lockedHead)
+        {
+            Memory.UnlockFrame(head);
+        }
+        if (!split)
+        {
+            return false;
+        }
+        for (int k = 0; k < n; k++)
+        {
+            ulong p = head + (ulong)k;
+            if (Volatile.Read(ref Memory.Frame(p).MapCount) == 0 && p != lockedPage)
+            {
+                Memory.Put(p); // a piece nothing maps goes back to its allocator
+            }
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Replaces the CPU entry mapping device page <paramref name="pfn"/> by a migration entry, for eviction without a
+    /// VMA (kernel: try_to_migrate through the reverse map). Looks at the virtual page <paramref name="vpnHint"/>
+    /// first, then scans the anonymous VMAs (the mapping moved, e.g. by mremap) and updates the hint. Sends one
+    /// CLEAR invalidation over the entry and shoots down the TLB when the entry was present (coherent memory).
+    /// </summary>
+    /// <remarks>Caller holds the mmap lock (read) and the frame lock of <paramref name="pfn"/>.</remarks>
+    /// <returns>True when one entry was converted.</returns>
+    internal bool UnmapDevicePageForEviction(ulong pfn, ref ulong vpnHint, out bool writable, out bool huge)
+    {
+        AssertMmapLocked();
+        if (TryInstallEvictionEntry(vpnHint << Page.Shift, pfn, out writable, out huge))
+        {
+            return true;
+        }
+        foreach (Vma v in Vmas.All)
+        {
+            if (v.Kind != VmaKind.Anonymous)
+            {
+                continue;
+            }
+            for (ulong a = v.Start; a < v.End;)
+            {
+                Pte e = Lookup(a, out int order, out _);
+                ulong size = Page.Bytes(order);
+                if (!e.IsNone && e.Pfn == pfn && TryInstallEvictionEntry(a, pfn, out writable, out huge))
+                {
+                    vpnHint = a >> Page.Shift;
+                    return true;
+                }
+                ulong next = Page.AlignDown(a, size) + size;
+                if (next <= a)
+                {
+                    break;
+                }
+                a = next;
+            }
+        }
+        return false;
+    }
+
+    private bool TryInstallEvictionEntry(ulong va, ulong pfn, out bool writable, out bool huge)
+    {
+        writable = false;
+        huge = false;
+        if (va >= TaskSize)
+        {
+            return false;
+        }
+        Pte e = Lookup(va, out int order, out ulong* slot);
+        if (slot == null || e.Pfn != pfn || order is not (0 or Page.PmdOrder))
+        {
+            return false;
+        }
+        bool present = e.IsPresent && (order == 0 || e.IsHugeLeaf);
+        if (!present && !(e.SwapType == SwapEntryType.DevicePrivate && e.SwapHuge == (order != 0)))
+        {
+            return false;
+        }
+        huge = order != 0;
+        writable = present ? e.IsWritable : e.SwapWritable;
+        ulong size = Page.Bytes(order);
+        ulong start = Page.AlignDown(va, size);
+        var range = new MmuNotifierRange(this, start, start + size, MmuNotifierEvent.Clear);
+        Notifiers.InvalidateRangeStart(range);
+        bool done = false;
+        lock (PtlFor(slot))
+        {
+            if (*slot == e.Value)
+            {
+                *slot = Pte.MakeSwap(SwapEntryType.Migration, pfn, writable, huge).Value;
+                done = true;
+            }
+        }
+        if (done && present)
+        {
+            FlushTlb();
+        }
+        Notifiers.InvalidateRangeEnd(range);
+        return done;
+    }
+}
