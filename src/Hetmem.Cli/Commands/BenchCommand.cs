@@ -57,9 +57,10 @@ internal static class BenchCommand
         IReadOnlyList<string> notes = session.Finish();
         if (session.Settings.Json)
         {
+            // Exactly the standard keys (issue 8's list), null when not measured; extra measurements are table-only.
             Json.WriteObject(app.Io.Out, w =>
             {
-                foreach (string key in report.Keys)
+                foreach (string key in BenchKeys.All)
                 {
                     Json.NumberOrNull(w, key, report[key]);
                 }

@@ -43,13 +43,13 @@ internal static class StressCommand
         var filter = new Option<string?>("--filter") { Description = "Run only scenarios whose name contains NAME (or matches a glob)", HelpName = "NAME" };
         var cmd = new Command("stress",
             "Run the stress scenarios (" + string.Join(", ", app.Registries.Stress.Names) + ") on several threads with " +
-            "invariant checks and lock-order validation on. Prints its seed; reproduce a failure with --seed.");
+            "invariant checks and lock-order validation on. Prints its seed; reproduce a failure with --seed (or HETMEM_SEED).");
         cmd.Options.Add(duration);
         cmd.Options.Add(threads);
         cmd.Options.Add(filter);
         cmd.SetAction((parse, ct) => Task.FromResult(app.Execute(parse, "stress", ct,
             s => Run(app, s, TimeSpan.FromSeconds(parse.GetValue(duration)), parse.GetValue(threads), parse.GetValue(filter)),
-            settings => settings.SeedGiven ? settings : settings with { Seed = Random.Shared.Next(1, int.MaxValue) })));
+            settings => settings.SeedGiven ? settings : settings with { Seed = SeedFromEnvironment() ?? Random.Shared.Next(1, int.MaxValue), SeedGiven = true })));
         return (cmd,
         [
             "hetmem stress",
@@ -57,6 +57,10 @@ internal static class StressCommand
             "hetmem stress --seed 12345 --filter physical --trace stress.json",
         ]);
     }
+
+    /// <summary>The seed in <c>HETMEM_SEED</c> (the tests' convention), when set and valid.</summary>
+    private static int? SeedFromEnvironment() =>
+        int.TryParse(Environment.GetEnvironmentVariable("HETMEM_SEED"), NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) ? s : null;
 
     public static int Run(CliApp app, CommandSession session, TimeSpan duration, int? threads, string? filter)
     {

@@ -48,7 +48,7 @@ public sealed partial class HmmMirrorRange
             {
                 continue;
             }
-            if (!_valid)
+            if (!Valid)
             {
                 err = Errno.EBUSY;
                 break;

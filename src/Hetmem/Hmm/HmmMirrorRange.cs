@@ -20,12 +20,12 @@ namespace Hetmem.Hmm;
 /// page (the later kernel behaviour; 5.1 reported it as SPECIAL); a snapshot that stops in a VMA at an ERROR entry
 /// writes NONE into that VMA's remaining entries instead of leaving stale values; device-private pages are never
 /// DMA-mapped.</para>
-/// <para>Locking: <c>_valid</c> is written under the HmmState's lock and read with a volatile read; everything else
-/// belongs to the one thread using the range (with the mmap read lock for walks).</para>
+/// <para>Locking: <c>_hitEpoch</c> is written by invalidations (see <see cref="HmmState"/>) with volatile writes;
+/// everything else belongs to the one thread using the range (with the mmap read lock for walks).</para>
 /// </remarks>
 public sealed partial class HmmMirrorRange
 {
-    internal volatile bool _valid;   // see remarks
+    internal long _hitEpoch = long.MaxValue; // see remarks: the HmmState epoch of the last overlapping invalidation
     private HmmState? _hmm;
     private ulong[] _scratch = [];   // one modern entry per 4 KiB page of the range
     private HmmRange? _walker;
@@ -64,7 +64,7 @@ public sealed partial class HmmMirrorRange
     /// False from the start of any overlapping invalidation until every in-flight invalidation of the address space
     /// ended, and once the address space is dead or the range unregistered (kernel: hmm_range_valid / range->valid).
     /// </summary>
-    public bool Valid => _valid;
+    public bool Valid => _hmm is HmmState h && h.IsValid(this);
 
     /// <summary>
     /// Registers the range (kernel 5.1: hmm_range_register): it starts tracking invalidations, valid only if none is in
@@ -79,7 +79,6 @@ public sealed partial class HmmMirrorRange
     /// size, or a range that is already registered; EFAULT when the address space is dead.</returns>
     public Errno Register(AddressSpace space, ulong start, ulong end, int pageShift = Page.Shift, ulong[]? pfns = null)
     {
-        _valid = false;
         if (space is null || _hmm is not null || pageShift is < Page.Shift or > Page.Shift + Page.PudOrder)
         {
             return Errno.EINVAL;
@@ -206,7 +205,7 @@ public sealed partial class HmmMirrorRange
         walker._legacyNonBlocking = fault && !block;
         while (addr < End)
         {
-            if (!_valid)
+            if (!Valid)
             {
                 return Errno.EAGAIN;
             }

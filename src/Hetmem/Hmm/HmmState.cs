@@ -15,11 +15,15 @@ namespace Hetmem.Hmm;
 /// mirror's <see cref="HmmMirror.SyncCpuDevicePagetables"/>. Invalidate end: when the count drops to zero every range
 /// becomes valid again and waiters wake. Release (exit): dead, every range invalid, waiters woken, each mirror's
 /// <see cref="HmmMirror.Release"/> once, mirrors unlinked.</para>
-/// <para>Locking: <c>_lock</c> (kernel: hmm->lock; a leaf taken inside invalidations) protects the range list, the
-/// ranges' <c>_valid</c> flags and the waiters; <c>_notifiers</c> is atomic and incremented before the lock is tried,
-/// so a non-blocking start that fails is still balanced by the end the core then calls. The mirror list is a
-/// copy-on-write array written under <c>_lock</c> and read lock-free by invalidations. <c>_refs</c> is guarded by
-/// <c>s_tableLock</c>.</para>
+/// <para>Validity without the kernel's mutex: <c>_state</c> packs (epoch &lt;&lt; 32 | in-flight count) and changes atomically;
+/// the epoch advances exactly when the count returns to zero. A start bumps the count, then stamps each overlapping
+/// range with the current epoch; a range is valid while its stamp is older than the epoch. The stamping start keeps the
+/// count above zero, so the epoch cannot move between its increment and its stamp. Ends therefore never block, which
+/// matters for the end the core calls after a failed non-blocking start.</para>
+/// <para>Locking: <c>_lock</c> (kernel: hmm->lock; a leaf) serialises range and mirror registration and is the
+/// monitor waiters sleep on; a non-blocking start that finds it taken fails with EAGAIN, as in the kernel. The range and
+/// mirror lists are copy-on-write arrays written under <c>_lock</c> and read lock-free by invalidations. <c>_refs</c> is
+/// guarded by <c>s_tableLock</c>.</para>
 /// </remarks>
 public sealed class HmmState
 {
@@ -27,10 +31,10 @@ public sealed class HmmState
     private static readonly object s_tableLock = new();
 
     private readonly object _lock = new();
-    private readonly List<HmmMirrorRange> _ranges = [];     // guarded by _lock
     private readonly Subscription _subscription;            // immutable
+    private HmmMirrorRange[] _ranges = [];                  // copy-on-write under _lock
     private HmmMirror[] _mirrors = [];                      // copy-on-write under _lock
-    private int _notifiers;                                 // atomic (see remarks)
+    private long _state;                                    // atomic: epoch << 32 | in-flight invalidations
     private volatile bool _dead;                            // set once by release
     private int _refs;                                      // guarded by s_tableLock
     private long _mirrorWarnings;                           // atomic
@@ -48,7 +52,9 @@ public sealed class HmmState
     public bool IsDead => _dead;
 
     /// <summary>Invalidations in flight (kernel: hmm->notifiers).</summary>
-    public int InFlightInvalidations => Volatile.Read(ref _notifiers);
+    public int InFlightInvalidations => (int)(Volatile.Read(ref _state) & uint.MaxValue);
+
+    private long Epoch => Volatile.Read(ref _state) >>> 32;
 
     /// <summary>References held by mirrors and ranges (kernel: hmm->kref).</summary>
     public int References
@@ -66,19 +72,13 @@ public sealed class HmmState
     public int MirrorCount => Volatile.Read(ref _mirrors).Length;
 
     /// <summary>Registered ranges.</summary>
-    public int RangeCount
-    {
-        get
-        {
-            lock (_lock)
-            {
-                return _ranges.Count;
-            }
-        }
-    }
+    public int RangeCount => Volatile.Read(ref _ranges).Length;
 
     /// <summary>Mirror callbacks that broke their contract (a blockable sync that failed, or an error other than EAGAIN); kernel: WARN_ON.</summary>
     public long MirrorWarnings => Interlocked.Read(ref _mirrorWarnings);
+
+    /// <summary>The range lock (kernel: hmm->lock), for tests that need it contended.</summary>
+    internal object SyncRoot => _lock;
 
     /// <summary>The state of <paramref name="space"/> if some mirror or range holds one, else null.</summary>
     /// <param name="space">The address space.</param>
@@ -202,8 +202,14 @@ public sealed class HmmState
             {
                 return false;
             }
-            _ranges.Add(range);
-            range._valid = Volatile.Read(ref _notifiers) == 0;
+            Volatile.Write(ref range._hitEpoch, -1);
+            _ranges = [.. _ranges, range];
+            // Published first, checked second: a start counted before this read is seen here, a later one sees the range.
+            long state = Interlocked.Read(ref _state);
+            if ((state & uint.MaxValue) != 0)
+            {
+                Volatile.Write(ref range._hitEpoch, state >>> 32);
+            }
             return true;
         }
     }
@@ -212,11 +218,17 @@ public sealed class HmmState
     {
         lock (_lock)
         {
-            _ranges.Remove(range);
-            range._valid = false;
+            int i = Array.IndexOf(_ranges, range);
+            if (i >= 0)
+            {
+                _ranges = [.. _ranges.AsSpan(0, i), .. _ranges.AsSpan(i + 1)];
+            }
             Monitor.PulseAll(_lock);
         }
     }
+
+    /// <summary>True when <paramref name="range"/> has not been hit since the last moment no invalidation was in flight.</summary>
+    internal bool IsValid(HmmMirrorRange range) => !_dead && Volatile.Read(ref range._hitEpoch) < Epoch;
 
     /// <summary>kernel: hmm_range_wait_until_valid.</summary>
     internal bool WaitUntilValid(HmmMirrorRange range, int timeoutMs)
@@ -226,51 +238,47 @@ public sealed class HmmState
         {
             while (true)
             {
-                if (_dead)
+                if (_dead || !ReferenceEquals(range.Hmm, this))
                 {
                     return false;
                 }
-                if (range._valid)
+                if (IsValid(range))
                 {
                     return true;
                 }
                 long left = deadline - Environment.TickCount64;
                 if (left <= 0)
                 {
-                    return range._valid;
+                    return IsValid(range);
                 }
-                Monitor.Wait(_lock, (int)Math.Min(left, int.MaxValue));
+                // Ends that could not take the lock (non-blocking) cannot pulse: re-check at least every 10 ms.
+                Monitor.Wait(_lock, (int)Math.Min(left, 10));
             }
         }
     }
 
     private Errno OnStart(in MmuNotifierRange range)
     {
-        Interlocked.Increment(ref _notifiers);
+        long epoch = Interlocked.Increment(ref _state) >>> 32;
         var update = new HmmUpdate(HmmUpdateEvent.Invalidate, range.Start, range.End, range.Blockable);
-        if (range.Blockable)
+        if (!range.Blockable)
         {
-            Monitor.Enter(_lock);
-        }
-        else if (!Monitor.TryEnter(_lock))
-        {
-            return Errno.EAGAIN;
-        }
-        try
-        {
-            foreach (HmmMirrorRange r in _ranges)
+            // kernel: mutex_trylock(&hmm->lock) for a non-blocking start. The count is already up, so the end the core
+            // calls after this failure keeps it balanced.
+            if (!Monitor.TryEnter(_lock))
             {
-                // The kernel's overlap test: note `<`, so a range starting exactly at update.End is invalidated too.
-                if (update.End < r.Start || update.Start >= r.End)
-                {
-                    continue;
-                }
-                r._valid = false;
+                return Errno.EAGAIN;
             }
-        }
-        finally
-        {
             Monitor.Exit(_lock);
+        }
+        foreach (HmmMirrorRange r in Volatile.Read(ref _ranges))
+        {
+            // The kernel's overlap test: note `<`, so a range starting exactly at update.End is invalidated too.
+            if (update.End < r.Start || update.Start >= r.End)
+            {
+                continue;
+            }
+            Volatile.Write(ref r._hitEpoch, epoch);
         }
         foreach (HmmMirror m in Volatile.Read(ref _mirrors))
         {
@@ -301,19 +309,40 @@ public sealed class HmmState
         return Errno.Ok;
     }
 
-    private void OnEnd()
+    private void OnEnd(bool blockable)
     {
-        lock (_lock)
+        long cur = Interlocked.Read(ref _state);
+        while (true)
         {
-            if (Interlocked.Decrement(ref _notifiers) != 0 || _dead)
+            long count = cur & uint.MaxValue;
+            long next = count == 1 ? ((cur >>> 32) + 1) << 32 : cur - 1;
+            long seen = Interlocked.CompareExchange(ref _state, next, cur);
+            if (seen == cur)
             {
-                return;
+                if (count != 1)
+                {
+                    return;
+                }
+                break;
             }
-            foreach (HmmMirrorRange r in _ranges)
-            {
-                r._valid = true;
-            }
+            cur = seen;
+        }
+        // Every range is valid again: wake the waiters (a non-blocking end only if the lock is free; they poll anyway).
+        if (blockable)
+        {
+            Monitor.Enter(_lock);
+        }
+        else if (!Monitor.TryEnter(_lock))
+        {
+            return;
+        }
+        try
+        {
             Monitor.PulseAll(_lock);
+        }
+        finally
+        {
+            Monitor.Exit(_lock);
         }
     }
 
@@ -322,10 +351,6 @@ public sealed class HmmState
         _dead = true;
         lock (_lock)
         {
-            foreach (HmmMirrorRange r in _ranges)
-            {
-                r._valid = false;
-            }
             Monitor.PulseAll(_lock);
         }
         while (true)
@@ -386,7 +411,7 @@ public sealed class HmmState
             s_running = this;
             try
             {
-                owner.OnEnd();
+                owner.OnEnd(range.Blockable);
             }
             finally
             {

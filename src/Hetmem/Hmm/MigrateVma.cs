@@ -138,6 +138,7 @@ public sealed unsafe class MigrateVma
         Npages = npages;
         Cpages = 0;
         _anon = vma.Kind == VmaKind.Anonymous;
+        _map = null;
         Array.Clear(Src, 0, (int)npages);
         Array.Clear(Dst, 0, (int)npages);
         _mm = mm;
@@ -322,7 +323,7 @@ public sealed unsafe class MigrateVma
             return null;
         }
         DevicePageMap? m = _map;
-        if (m is null || !m.Contains(pfn))
+        if (m is null || !m.Contains(pfn) || m.Memory != mem)
         {
             _map = m = mem.FindMap(pfn);
         }
@@ -876,7 +877,7 @@ public sealed unsafe class MigrateVma
         {
             return Pte.Make(pfn, writable, (writable ? Pte.Dirty : 0) | (huge ? Pte.Huge : 0)).Value;
         }
-        if (cache is null || !cache.Contains(pfn))
+        if (cache is null || !cache.Contains(pfn) || cache.Memory != mem)
         {
             cache = mem.FindMap(pfn);
         }

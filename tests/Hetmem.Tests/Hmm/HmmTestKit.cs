@@ -411,3 +411,29 @@ internal sealed class EventCounter : MmuNotifier
         return Errno.Ok;
     }
 }
+
+/// <summary>A scratch directory (under /dev/shm when present, so sparse DAX namespaces cost no disk) removed on dispose.</summary>
+internal sealed class HmmTempDir : IDisposable
+{
+    public HmmTempDir()
+    {
+        string root = Directory.Exists("/dev/shm") ? "/dev/shm" : System.IO.Path.GetTempPath();
+        Path = System.IO.Path.Combine(root, "hetmem-hmm-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path);
+    }
+
+    public string Path { get; }
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(Path, recursive: true);
+        }
+        catch (DirectoryNotFoundException)
+        {
+        }
+    }
+}

@@ -68,32 +68,38 @@ internal sealed unsafe class MigrateTestDevice : IDevicePageMapOps, IDisposable
                 Memory.LockFrame(p);
                 return p;
             }
-            // An aligned run of 2^order free pages (tests use this rarely).
-            ulong n = 1UL << order;
-            var set = new HashSet<ulong>(_free);
-            for (ulong first = Map.FirstPfn; first + n <= Map.FirstPfn + Map.PageCount; first += n)
-            {
-                bool all = true;
-                for (ulong k = 0; k < n && all; k++)
-                {
-                    all = set.Contains(first + k);
-                }
-                if (all)
-                {
-                    var rest = _free.Where(p => p < first || p >= first + n).Reverse().ToArray();
-                    _free.Clear();
-                    foreach (ulong p in rest)
-                    {
-                        _free.Push(p);
-                    }
-                    Memory.InitDevicePage(first, order);
-                    _orders[first] = order;
-                    Memory.LockFrame(first);
-                    return first;
-                }
-            }
-            return Page.NoPfn;
+            return AllocRunLocked(order);
         }
+    }
+
+    /// <summary>An aligned run of 2^order free pages (kept apart so the base-page path allocates nothing).</summary>
+    private ulong AllocRunLocked(int order)
+    {
+        ulong n = 1UL << order;
+        var set = new HashSet<ulong>(_free);
+        for (ulong first = Map.FirstPfn; first + n <= Map.FirstPfn + Map.PageCount; first += n)
+        {
+            bool all = true;
+            for (ulong k = 0; k < n && all; k++)
+            {
+                all = set.Contains(first + k);
+            }
+            if (all)
+            {
+                ulong lo = first;
+                var rest = _free.Where(p => p < lo || p >= lo + n).Reverse().ToArray();
+                _free.Clear();
+                foreach (ulong p in rest)
+                {
+                    _free.Push(p);
+                }
+                Memory.InitDevicePage(first, order);
+                _orders[first] = order;
+                Memory.LockFrame(first);
+                return first;
+            }
+        }
+        return Page.NoPfn;
     }
 
     public void PageFree(ulong pfn)

@@ -1,5 +1,4 @@
 using Hetmem.Mm;
-using Hetmem.Physical;
 using Hetmem.Tests.Infrastructure;
 using static Hetmem.Tests.Infrastructure.MmTestBed;
 

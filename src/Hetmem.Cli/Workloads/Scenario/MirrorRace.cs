@@ -25,6 +25,8 @@ internal static class MirrorRace
         public long Mprotects;
         public long Remaps;
         public long DontNeeds;
+        public long Forks;
+        public long PageOuts;
         public long DeviceFaults;
         public long DeviceFaultErrors;
         public long DeviceReads;
@@ -34,7 +36,7 @@ internal static class MirrorRace
         public string? Error;
         public TimeSpan Elapsed;
 
-        public long CpuOps => CpuWrites + CpuReads + Mprotects + Remaps + DontNeeds;
+        public long CpuOps => CpuWrites + CpuReads + Mprotects + Remaps + DontNeeds + Forks + PageOuts;
 
         public long DeviceOps => DeviceFaults + DeviceReads + DeviceWrites;
     }
@@ -48,8 +50,10 @@ internal static class MirrorRace
     /// Runs the race over [<paramref name="start"/>, +<paramref name="pages"/> pages) of <paramref name="mm"/>, which must be
     /// an anonymous read-write mapping mirrored by <paramref name="devices"/>, for <paramref name="duration"/>.
     /// </summary>
+    /// <remarks>With <paramref name="extraOps"/> the CPU threads also fork (the child checks a page and exits) and, when the
+    /// space has swap, MADV_PAGEOUT chunks.</remarks>
     public static Outcome Run(AddressSpace mm, ulong start, ulong pages, IReadOnlyList<MiniMirror> devices, int cpuThreads,
-        TimeSpan duration, int seed, CancellationToken cancellation, Action<double>? progress = null)
+        TimeSpan duration, int seed, CancellationToken cancellation, Action<double>? progress = null, bool extraOps = false)
     {
         var o = new Outcome();
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
@@ -71,7 +75,7 @@ internal static class MirrorRace
         for (int t = 0; t < cpuThreads; t++)
         {
             int id = t;
-            threads.Add(new Thread(() => CpuLoop(mm, start, pages, id, seed, o, stop.Token, Fail)) { IsBackground = true, Name = $"race-cpu{id}" });
+            threads.Add(new Thread(() => CpuLoop(mm, start, pages, id, seed, extraOps, o, stop.Token, Fail)) { IsBackground = true, Name = $"race-cpu{id}" });
         }
         for (int d = 0; d < devices.Count; d++)
         {
@@ -113,7 +117,8 @@ internal static class MirrorRace
         return o;
     }
 
-    private static void CpuLoop(AddressSpace mm, ulong start, ulong pages, int id, int seed, Outcome o, CancellationToken stop, Action<string, bool> fail)
+    private static void CpuLoop(AddressSpace mm, ulong start, ulong pages, int id, int seed, bool extraOps, Outcome o, CancellationToken stop,
+        Action<string, bool> fail)
     {
         TraceLog.SetThreadTrack($"cpu{id}");
         var rng = new Random(seed * 7919 + id);
@@ -123,7 +128,7 @@ internal static class MirrorRace
             using var cpu = new Cpu(mm);
             while (!stop.IsCancellationRequested)
             {
-                int op = rng.Next(100);
+                int op = rng.Next(extraOps ? 104 : 100);
                 ulong p = (ulong)rng.NextInt64((long)pages);
                 ulong va = start + (p << Page.Shift);
                 ulong chunk = (ulong)rng.Next(1, 33);
@@ -156,10 +161,38 @@ internal static class MirrorRace
                         mm.Mmap(cva, clen, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed);
                         Interlocked.Increment(ref o.Remaps);
                     }
-                    else
+                    else if (op < 100)
                     {
                         mm.Madvise(cva, clen, Advice.DontNeed);
                         Interlocked.Increment(ref o.DontNeeds);
+                    }
+                    else if (op < 102 && mm.Swap is not null)
+                    {
+                        mm.Madvise(cva, clen, Advice.PageOut);
+                        Interlocked.Increment(ref o.PageOuts);
+                    }
+                    else
+                    {
+                        AddressSpace child = mm.Fork();
+                        try
+                        {
+                            using var cc = new Cpu(child);
+                            long v = cc.Read<long>(va);
+                            if (!TagOk(v, p))
+                            {
+                                fail($"a child forked by cpu{id} read 0x{v:x} at page {p}: another page's data", true);
+                            }
+                            cc.Write(va, Tag(p, ++seq));
+                        }
+                        catch (SegmentationFault)
+                        {
+                            Interlocked.Increment(ref o.CpuSignals);
+                        }
+                        finally
+                        {
+                            child.Exit();
+                        }
+                        Interlocked.Increment(ref o.Forks);
                     }
                 }
                 catch (SegmentationFault)

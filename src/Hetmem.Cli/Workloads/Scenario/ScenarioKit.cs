@@ -1,7 +1,7 @@
 using System.Globalization;
 using Hetmem.Cli.Devices;
 using Hetmem.Mm;
-using Hetmem.Physical;
+using Hetmem.Diagnostics;
 
 namespace Hetmem.Cli.Workloads.Scenario;
 

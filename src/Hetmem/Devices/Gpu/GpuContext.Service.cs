@@ -9,7 +9,6 @@ namespace Hetmem.Devices.Gpu;
 public sealed partial class GpuContext
 {
     private readonly List<GpuSvmRange> _touched = [];           // servicing thread only
-    private readonly List<int> _touchedFirstFault = [];         // servicing thread only: index of a fault per touched range
     private readonly MigrateVma _migrate = new() { Src = new ulong[BlockMask.Pages], Dst = new ulong[BlockMask.Pages] }; // servicing thread only
     private readonly CopyEngine _copy = new(BlockMask.Pages);   // servicing thread only
 
@@ -37,7 +36,6 @@ public sealed partial class GpuContext
         BlockMask toMigrate = default;
         BlockMask thrashing = default;
         _touched.Clear();
-        _touchedFirstFault.Clear();
 
         for (int k = 0; k < faults.Length; k++)
         {
@@ -77,19 +75,28 @@ public sealed partial class GpuContext
             {
                 range!.ClearRequests();
                 _touched.Add(range);
-                _touchedFirstFault.Add(k);
             }
             int index = (int)((f.Address - range!.Start) >> Page.Shift);
             if (f.Access != GpuAccess.Prefetch)
             {
-                range.Request(index, write);
-                if (write)
-                {
-                    counters.Inc(GpuCounter.WriteRequestedPages);
-                }
-                if (wantMigrate && range.Migratable && hint != ThrashingHint.Pin)
+                bool migrate = wantMigrate && range.Migratable && hint != ThrashingHint.Pin;
+                if (migrate)
                 {
                     toMigrate.Set(page);
+                    range.Request(index, write);
+                    counters.Add(GpuCounter.WriteRequestedPages, write ? 1 : 0);
+                }
+                else
+                {
+                    // Remote population: the fault's 64 KiB big page inside the range comes in at once, with the
+                    // fault's own access (a read never asks for write, so it never breaks copy-on-write).
+                    int big = o.Prefetch.Enabled ? Math.Max(1, o.Prefetch.BigPagePages) : 1;
+                    int lo = Math.Max(index & ~(big - 1), 0), hi = Math.Min((index & ~(big - 1)) + big, range.PageCount);
+                    for (int q = lo; q < hi; q++)
+                    {
+                        range.Request(q, write);
+                    }
+                    counters.Add(GpuCounter.WriteRequestedPages, write ? hi - lo : 0);
                 }
             }
         }
@@ -97,14 +104,9 @@ public sealed partial class GpuContext
         if (!toMigrate.IsEmpty)
         {
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            foreach (GpuSvmRange r in _touched)
-            {
-                if (r.Migratable)
-                {
-                    MigrateRangeToVram(block, r, toMigrate, thrashing, forceMigrate);
-                }
-            }
+            BlockMask migrated = MigrateToVram(block, toMigrate, thrashing, forceMigrate);
             counters.Add(GpuCounter.MigrateNs, GpuDevice.ElapsedNs(t0));
+            TouchRangesOf(migrated, blockVa, svmCtx);
         }
 
         for (int t = 0; t < _touched.Count; t++)
@@ -207,61 +209,26 @@ public sealed partial class GpuContext
     }
 
     /// <summary>
-    /// Migrates the faulted pages of <paramref name="range"/> in <paramref name="faulted"/>, plus what the density tree
-    /// prefetches, to the block's VRAM chunk (kernel: UVM uvm_hmm_va_block_service_locked: pre-allocate the chunk,
-    /// then migrate_vma_setup / copy / migrate_vma_pages / migrate_vma_finalize). Best effort: pages that cannot move
-    /// stay in system memory and are mapped remotely.
+    /// Migrates the faulted pages in <paramref name="faulted"/>, plus what the density tree prefetches inside each VMA's
+    /// part of the block, to the block's VRAM chunk (kernel: UVM uvm_hmm_va_block_service_locked: pre-allocate the
+    /// chunk, then migrate_vma_setup / copy / migrate_vma_pages / migrate_vma_finalize per VMA). Best effort: pages that
+    /// cannot move stay in system memory and are mapped remotely. Returns the pages that moved.
     /// </summary>
-    private void MigrateRangeToVram(GpuVaBlock block, GpuSvmRange range, in BlockMask faulted, in BlockMask thrashing, bool forceMigrate)
+    private BlockMask MigrateToVram(GpuVaBlock block, in BlockMask faulted, in BlockMask thrashing, bool forceMigrate)
     {
+        BlockMask moved = default;
         GpuDeviceOptions o = Device.Options;
-        int first = (int)((range.Start - block.Va) >> Page.Shift);
-        int outer = first + range.PageCount;
-        if (range.End - range.Start > Page.PmdSize)
-        {
-            return;
-        }
-        BlockMask want = default;
-        want.SetRange(first, outer);
-        want.And(faulted);
-        want.AndNot(thrashing);
-        if (want.IsEmpty)
-        {
-            return;
-        }
-        if (forceMigrate)
-        {
-            // Access counters notify per page; migrate the whole granule around it.
-            int gran = (int)(o.AccessCounterGranularity >> Page.Shift);
-            BlockMask g = default;
-            for (int p = want.NextSet(first); p < outer; p = want.NextSet(p + 1))
-            {
-                int lo = Math.Max(p & ~(gran - 1), first), hi = Math.Min((p & ~(gran - 1)) + gran, outer);
-                g.SetRange(lo, hi);
-            }
-            g.AndNot(thrashing);
-            want = g;
-        }
         // Pre-allocate the destination chunk before taking the mmap lock (eviction must not run under it).
         VramChunk? chunk = Device.EnsureChunk(block);
         if (chunk is null)
         {
-            return;
+            return moved;
         }
         BlockMask resident = Device.VramInternal!.ResidentOf(block);
-        want.AndNot(resident);
-        if (want.IsEmpty)
-        {
-            return;
-        }
-        DensityPrefetcher.Compute(resident, want, thrashing, first, outer, o.Prefetch, out BlockMask prefetch);
-        BlockMask all = want;
-        all.Or(prefetch);
-
         AddressSpace mm = Space;
         if (!mm.TryGetLiveReference())
         {
-            return;
+            return moved;
         }
         long migrated = 0, prefetched = 0, bytes = 0;
         long now = GpuDevice.NowNs();
@@ -270,25 +237,53 @@ public sealed partial class GpuContext
             mm.MmapLock.EnterRead();
             try
             {
-                Vma? vma = mm.Vmas.Find(range.Start);
-                if (vma is null || vma.Kind != VmaKind.Anonymous || vma.IsShared)
+                BlockMask remaining = faulted;
+                for (int p = remaining.NextSet(0); p < BlockMask.Pages; p = remaining.NextSet(0))
                 {
-                    return;
-                }
-                for (int p = all.NextSet(first); p < outer;)
-                {
-                    int q = p + 1;
-                    while (q < outer && all.Get(q))
+                    ulong va = block.Va + ((ulong)p << Page.Shift);
+                    Vma? vma = mm.Vmas.Find(va);
+                    int lo = vma is null ? p : (int)((Math.Max(vma.Start, block.Va) - block.Va) >> Page.Shift);
+                    int hi = vma is null ? p + 1 : (int)((Math.Min(vma.End, block.Va + Page.PmdSize) - block.Va) >> Page.Shift);
+                    BlockMask window = default;
+                    window.SetRange(lo, hi);
+                    BlockMask want = remaining;
+                    want.And(window);
+                    remaining.AndNot(window);
+                    if (vma is null || vma.Kind != VmaKind.Anonymous || vma.IsShared)
                     {
-                        q++;
+                        continue;
                     }
-                    ulong start = Math.Max(block.Va + ((ulong)p << Page.Shift), vma.Start);
-                    ulong end = Math.Min(block.Va + ((ulong)q << Page.Shift), vma.End);
-                    if (start < end)
+                    if (forceMigrate)
                     {
-                        MigrateRun(block, chunk, vma, start, end, prefetch, now, ref migrated, ref prefetched, ref bytes);
+                        // Access counters notify per page; migrate the whole granule around it.
+                        int gran = (int)(o.AccessCounterGranularity >> Page.Shift);
+                        BlockMask g = default;
+                        for (int q = want.NextSet(lo); q < hi; q = want.NextSet(q + 1))
+                        {
+                            g.SetRange(Math.Max(q & ~(gran - 1), lo), Math.Min((q & ~(gran - 1)) + gran, hi));
+                        }
+                        want = g;
                     }
-                    p = all.NextSet(q);
+                    want.AndNot(thrashing);
+                    want.AndNot(resident);
+                    if (want.IsEmpty)
+                    {
+                        continue;
+                    }
+                    DensityPrefetcher.Compute(resident, want, thrashing, lo, hi, o.Prefetch, out BlockMask prefetch);
+                    BlockMask all = want;
+                    all.Or(prefetch);
+                    for (int r = all.NextSet(lo); r < hi;)
+                    {
+                        int q = r + 1;
+                        while (q < hi && all.Get(q))
+                        {
+                            q++;
+                        }
+                        MigrateRun(block, chunk, vma, block.Va + ((ulong)r << Page.Shift), block.Va + ((ulong)q << Page.Shift),
+                            prefetch, now, ref moved, ref migrated, ref prefetched, ref bytes);
+                        r = all.NextSet(q);
+                    }
                 }
             }
             finally
@@ -306,12 +301,47 @@ public sealed partial class GpuContext
         c.Add(GpuCounter.PrefetchBytes, prefetched << Page.Shift);
         if (TraceLog.Enabled && migrated > 0)
         {
-            TraceLog.Instant(TraceCategory.Migrate, "Migration", TraceArg.Address(range.Start), TraceArg.Pages(migrated));
+            TraceLog.Instant(TraceCategory.Migrate, "Migration", TraceArg.Address(block.Va), TraceArg.Pages(migrated));
+        }
+        return moved;
+    }
+
+    /// <summary>Makes sure every page in <paramref name="pages"/> has a range in <c>_touched</c>, so freshly migrated pages get bound now.</summary>
+    private void TouchRangesOf(in BlockMask pages, ulong blockVa, in GpuSvmContext svmCtx)
+    {
+        for (int p = pages.NextSet(0); p < BlockMask.Pages; p = pages.NextSet(p + 1))
+        {
+            ulong va = blockVa + ((ulong)p << Page.Shift);
+            bool covered = false;
+            foreach (GpuSvmRange r in _touched)
+            {
+                if (va >= r.Start && va < r.End)
+                {
+                    covered = true;
+                    p = Math.Max(p, (int)((Math.Min(r.End, blockVa + Page.PmdSize) - blockVa) >> Page.Shift) - 1);
+                    break;
+                }
+            }
+            if (covered)
+            {
+                continue;
+            }
+            if (Svm.FindOrInsertRange(va, write: false, svmCtx, out GpuSvmRange? range, out bool created) != Errno.Ok || range is null)
+            {
+                continue;
+            }
+            if (created)
+            {
+                Device.Counters.Inc(GpuCounter.RangesCreated);
+            }
+            range.ClearRequests();
+            _touched.Add(range);
+            p = Math.Max(p, (int)((Math.Min(range.End, blockVa + Page.PmdSize) - blockVa) >> Page.Shift) - 1);
         }
     }
 
     private void MigrateRun(GpuVaBlock block, VramChunk chunk, Vma vma, ulong start, ulong end, in BlockMask prefetch, long now,
-        ref long migrated, ref long prefetched, ref long bytes)
+        ref BlockMask moved, ref long migrated, ref long prefetched, ref long bytes)
     {
         Vram vram = Device.VramInternal!;
         PhysicalMemory mem = Device.Memory;
@@ -352,6 +382,7 @@ public sealed partial class GpuContext
             {
                 migrated++;
                 int page = firstPage + i;
+                moved.Set(page);
                 if (prefetch.Get(page))
                 {
                     prefetched++;

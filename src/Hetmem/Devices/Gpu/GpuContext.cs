@@ -232,6 +232,8 @@ public sealed partial class GpuContext : IGpuSvmOps, IDisposable
         bool devmem = false;
         Vram? vram = Device.VramInternal;
         GpuCounters counters = Device.Counters;
+        // Migrate-on-first-touch maps system pages only where a fault asked: other pages fault (and migrate) later.
+        bool selective = vram is not null && range.Migratable && Device.Options.Placement == PlacementPolicy.MigrateOnFirstTouch;
         int i = 0;
         while (i < n)
         {
@@ -257,12 +259,30 @@ public sealed partial class GpuContext : IGpuSvmOps, IDisposable
             ulong pfn = HmmPfn.ToPfn(e);
             bool write = HmmPfn.Has(e, HmmPfnFlags.Write);
             bool inVram = vram is not null && vram.Contains(pfn);
+            if (selective && !inVram)
+            {
+                if (range.RequestOf(i) == 0)
+                {
+                    i++;
+                    continue;
+                }
+                pages = 1;
+                size = GpuPageSize.Size4K;
+            }
+            ulong pte = GpuPte.Make(pfn, size, write, atomic: inVram || write, vram: inVram);
             ulong old = PageTable.Lookup(va);
+            if (old == pte)
+            {
+                any = true;
+                devmem |= inVram;
+                i += pages;
+                continue; // already mapped exactly so
+            }
             if ((old & GpuPte.Valid) != 0 && GpuPte.PfnAt(old, va) != pfn)
             {
                 replaced = true;
             }
-            PageTable.MapLocked(va, GpuPte.Make(pfn, size, write, atomic: inVram || write, vram: inVram));
+            PageTable.MapLocked(va, pte);
             for (int k = 0; k < pages; k++)
             {
                 pfns[i + k] |= (ulong)HmmPfnFlags.DmaMapped;

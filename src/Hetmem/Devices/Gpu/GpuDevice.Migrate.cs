@@ -13,27 +13,32 @@ public sealed unsafe partial class GpuDevice
     private readonly ulong[] _evictDst = new ulong[Vram.ChunkPages];   // guarded by _serviceLock
     private readonly CopyEngine _evictCopy = new(Vram.ChunkPages);     // guarded by _serviceLock
 
-    [ThreadStatic] private static MigrateVma? t_cpuMigrate;           // per CPU thread (MigrateToRam runs on the faulting thread)
-    [ThreadStatic] private static CopyEngine? t_cpuCopy;
+    // Per CPU thread and per device (MigrateToRam runs on the faulting thread). Not [ThreadStatic]: a MigrateVma reused
+    // across physical memories keeps a stale page-map cache (see the report on MigrateVma.MapOf), so each device keeps its own.
+    private readonly ThreadLocal<(MigrateVma Migrate, CopyEngine Copy)> _cpuScratch = new(() =>
+        (new MigrateVma { Src = new ulong[BlockMask.Pages], Dst = new ulong[BlockMask.Pages] }, new CopyEngine(BlockMask.Pages)));
 
     internal Vram? VramInternal => _vram;
 
     /// <summary>
     /// The VRAM chunk of <paramref name="block"/>, allocating one and evicting the least recently filled chunks of other
     /// blocks while none is free (kernel: UVM's root-chunk allocation with <c>pick_root_chunk_to_evict</c>). Servicing
-    /// thread, holding the service lock and no mmap lock. Null when nothing can be evicted.
+    /// thread, holding the service lock and no mmap lock. Null when nothing can be evicted (the faults are then served
+    /// from system memory).
     /// </summary>
     internal VramChunk? EnsureChunk(GpuVaBlock block)
     {
         Vram vram = _vram!;
         for (int attempt = 0; attempt <= vram.ChunkCount + 1; attempt++)
         {
-            VramChunk? c = vram.TryGetChunk(block);
+            long epoch = Volatile.Read(ref _replaySeq);
+            long now = NowNs();
+            VramChunk? c = vram.TryGetChunk(block, epoch, now);
             if (c is not null)
             {
                 return c;
             }
-            VramChunk? victim = vram.PickVictim(block);
+            VramChunk? victim = vram.PickVictim(block, epoch, now, Options.MinChunkResidencyNs);
             if (victim is null)
             {
                 return null;
@@ -144,8 +149,7 @@ public sealed unsafe partial class GpuDevice
         ulong group = (ulong)Options.CpuFaultMigratePages << Page.Shift;
         ulong start = Math.Max(Page.AlignDown(address, group), vma.Start);
         ulong end = Math.Min(Page.AlignDown(address, group) + group, vma.End);
-        MigrateVma m = t_cpuMigrate ??= new MigrateVma { Src = new ulong[BlockMask.Pages], Dst = new ulong[BlockMask.Pages] };
-        CopyEngine copy = t_cpuCopy ??= new CopyEngine(BlockMask.Pages);
+        (MigrateVma m, CopyEngine copy) = _cpuScratch.Value;
         m.Vma = vma;
         m.Start = start;
         m.End = end;

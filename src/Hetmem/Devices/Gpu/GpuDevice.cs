@@ -315,5 +315,6 @@ public sealed unsafe partial class GpuDevice : IDisposable
             }
         }
         _vram?.Dispose();
+        _cpuScratch.Dispose();
     }
 }

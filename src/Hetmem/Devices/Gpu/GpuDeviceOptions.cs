@@ -64,6 +64,12 @@ public sealed record GpuDeviceOptions
     public ulong NotifierSize { get; init; } = GpuSvm.DefaultNotifierSize;
     /// <summary>How long get-pages retries before EBUSY (HMM_RANGE_DEFAULT_TIMEOUT).</summary>
     public int GetPagesTimeoutMs { get; init; } = Hmm.HmmMirrorHelper.DefaultTimeoutMs;
+    /// <summary>
+    /// A VRAM chunk filled less than this long ago is not evicted (nanoseconds; default 2 ms). When every chunk is that
+    /// young the working set does not fit: new faults are served from system memory instead of evicting pages the
+    /// stalled warps are about to use (without it two blocks can evict each other on every fault).
+    /// </summary>
+    public long MinChunkResidencyNs { get; init; } = 2_000_000;
     /// <summary>Pages a CPU fault on VRAM migrates back, aligned around the fault (1 = only the faulting page).</summary>
     public int CpuFaultMigratePages { get; init; } = 16;
     /// <summary>
@@ -92,6 +98,7 @@ public sealed record GpuDeviceOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(BatchSize);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxBatchesPerService);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(AccessCounterThreshold);
+        ArgumentOutOfRangeException.ThrowIfNegative(MinChunkResidencyNs);
         if (AccessCounterGranularity < Physical.Page.Size || AccessCounterGranularity > Physical.Page.PmdSize
             || (AccessCounterGranularity & (AccessCounterGranularity - 1)) != 0)
         {

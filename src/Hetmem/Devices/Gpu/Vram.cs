@@ -26,6 +26,8 @@ internal sealed class VramChunk
     public int UsedCount;
     public bool Draining;           // evicted: goes back to the free list when UsedCount reaches 0
     public bool IsFree = true;      // on the free stack
+    public long FilledEpoch = -1;   // replay epoch of the last migration into it: not evictable before the next replay
+    public long FilledNs;           // time of the last migration into it
 }
 
 /// <summary>
@@ -100,7 +102,7 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
     public bool Contains(ulong pfn) => Map.Contains(pfn);
 
     /// <summary>The chunk backing <paramref name="block"/>, allocating a free one; null when none is free.</summary>
-    public VramChunk? TryGetChunk(GpuVaBlock block)
+    public VramChunk? TryGetChunk(GpuVaBlock block, long epoch, long nowNs)
     {
         lock (_lock)
         {
@@ -121,6 +123,8 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
                 _lru.Remove(c.LruNode);
             }
             _lru.AddLast(c.LruNode);
+            c.FilledEpoch = epoch;
+            c.FilledNs = nowNs;
             return c;
         }
     }
@@ -145,9 +149,11 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
 
     /// <summary>
     /// Picks a chunk to evict (kernel: UVM <c>pick_root_chunk_to_evict</c>): the least recently filled chunk, preferring
-    /// one without resident pages; never <paramref name="exclude"/>'s.
+    /// one without resident pages; never <paramref name="exclude"/>'s, and never one filled since the last replay
+    /// (<paramref name="epoch"/>) or less than <paramref name="minAgeNs"/> ago: the warps waiting for it must get to use
+    /// it first, or two blocks could evict each other forever.
     /// </summary>
-    public VramChunk? PickVictim(GpuVaBlock? exclude)
+    public VramChunk? PickVictim(GpuVaBlock? exclude, long epoch, long nowNs, long minAgeNs)
     {
         lock (_lock)
         {
@@ -155,7 +161,7 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
             for (LinkedListNode<VramChunk>? n = _lru.First; n is not null; n = n.Next)
             {
                 VramChunk c = n.Value;
-                if (c.Owner == exclude)
+                if (c.Owner == exclude || c.FilledEpoch == epoch || nowNs - c.FilledNs < minAgeNs && c.UsedCount != 0)
                 {
                     continue;
                 }

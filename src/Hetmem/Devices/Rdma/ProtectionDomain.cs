@@ -136,7 +136,7 @@ public sealed class ProtectionDomain : IDisposable
     public QueuePair CreateQp(QpInitAttr attr)
     {
         ArgumentNullException.ThrowIfNull(attr);
-        QpCap cap = attr.Cap == default ? new QpCap() : attr.Cap;
+        QpCap cap = attr.Cap == default ? QpCap.Default : attr.Cap;
         DeviceAttr dev = Device.Attr;
         if (cap.MaxSendWr < 1 || cap.MaxSendWr > dev.MaxQpWr || cap.MaxRecvWr < 1 || cap.MaxRecvWr > dev.MaxQpWr
             || cap.MaxSendSge < 1 || cap.MaxSendSge > dev.MaxSge || cap.MaxRecvSge < 1 || cap.MaxRecvSge > dev.MaxSge)

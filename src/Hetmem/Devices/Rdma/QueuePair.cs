@@ -330,31 +330,37 @@ public sealed partial class QueuePair : IDisposable
         {
             return;
         }
+        Thread? rx;
+        Thread? resp;
+        Socket? socket;
         lock (_sqLock)
         {
             _state = QpState.ERR;
             _sqCount = 0;
+            rx = _rxThread;
+            resp = _respThread;
+            socket = _socket;
         }
         try
         {
-            _socket?.Shutdown(SocketShutdown.Both);
+            socket?.Shutdown(SocketShutdown.Both);
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
         }
-        _socket?.Dispose();
+        socket?.Dispose();
         StopResponder();
         lock (_rqLock)
         {
             Monitor.PulseAll(_rqLock);
         }
-        if (_rxThread is not null && _rxThread != Thread.CurrentThread)
+        if (rx is not null && rx != Thread.CurrentThread)
         {
-            _rxThread.Join();
+            rx.Join();
         }
-        if (_respThread is not null && _respThread != Thread.CurrentThread)
+        if (resp is not null && resp != Thread.CurrentThread)
         {
-            _respThread.Join();
+            resp.Join();
         }
         DrainRequests();
         Device.FreeQpn(this);
@@ -415,15 +421,20 @@ public sealed partial class QueuePair : IDisposable
     {
         lock (_sqLock)
         {
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                s.Dispose();
+                return;
+            }
             _socket = s;
             DestQpNum = remoteQpn;
             _state = QpState.RTS;
             _lastProgress = Environment.TickCount64;
+            _respThread = new Thread(ResponderLoop) { IsBackground = true, Name = $"{Device.Name} qp{QpNum:x} resp" };
+            _rxThread = new Thread(ReceiveLoop) { IsBackground = true, Name = $"{Device.Name} qp{QpNum:x} rx" };
+            _respThread.Start();
+            _rxThread.Start();
         }
-        _respThread = new Thread(ResponderLoop) { IsBackground = true, Name = $"{Device.Name} qp{QpNum:x} resp" };
-        _rxThread = new Thread(ReceiveLoop) { IsBackground = true, Name = $"{Device.Name} qp{QpNum:x} rx" };
-        _respThread.Start();
-        _rxThread.Start();
     }
 
     /// <summary>The passive side of <see cref="Connect"/>, on a device handshake thread.</summary>
@@ -447,19 +458,11 @@ public sealed partial class QueuePair : IDisposable
             Data2 = (ulong)Attr.RnrRetry,
         });
         s.ReceiveTimeout = 0;
-        try
-        {
-            s.Send(buf);
-        }
-        catch (SocketException)
-        {
-            lock (_sqLock)
-            {
-                _connecting = false;
-            }
-            return false;
-        }
         Start(s, srcQpn);
+        lock (_sendLock)
+        {
+            SendLocked(buf);
+        }
         return true;
     }
 

@@ -274,12 +274,16 @@ public struct WorkCompletion
 /// <param name="MaxRecvWr">Posted receive WRs.</param>
 /// <param name="MaxSendSge">SGEs per send WR.</param>
 /// <param name="MaxRecvSge">SGEs per receive WR.</param>
-public readonly record struct QpCap(int MaxSendWr = 128, int MaxRecvWr = 128, int MaxSendSge = 4, int MaxRecvSge = 4);
+public readonly record struct QpCap(int MaxSendWr, int MaxRecvWr, int MaxSendSge, int MaxRecvSge)
+{
+    /// <summary>128 send and receive WRs of 4 SGEs each (used when <see cref="QpInitAttr.Cap"/> is left default).</summary>
+    public static QpCap Default => new(128, 128, 4, 4);
+}
 
 /// <summary>QP creation attributes (rdma-core: struct ibv_qp_init_attr, RC only).</summary>
 /// <param name="SendCq">Completions of send WRs.</param>
 /// <param name="RecvCq">Completions of receive WRs.</param>
-/// <param name="Cap">Queue sizes.</param>
+/// <param name="Cap">Queue sizes; <c>default</c> means <see cref="QpCap.Default"/>.</param>
 /// <param name="SqSigAll">Every send WR generates a completion (sq_sig_all).</param>
 public sealed record QpInitAttr(CompletionQueue SendCq, CompletionQueue RecvCq, QpCap Cap = default, bool SqSigAll = false);
 

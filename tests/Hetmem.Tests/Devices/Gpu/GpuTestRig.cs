@@ -33,6 +33,13 @@ internal sealed class GpuTestRig : IDisposable
     public ulong MapAnon(ulong bytes, Prot prot = Prot.Read | Prot.Write)
         => Space.Mmap(0, bytes, prot, MapFlags.Private | MapFlags.Anonymous);
 
+    /// <summary>The level of the CPU page-table entry mapping <paramref name="va"/> (0, 9 or 18).</summary>
+    public int CpuOrder(ulong va)
+    {
+        Space.QueryPte(va, out int order);
+        return order;
+    }
+
     public void FillLongs(ulong va, long count, Func<long, long> value)
     {
         for (long i = 0; i < count; i++)

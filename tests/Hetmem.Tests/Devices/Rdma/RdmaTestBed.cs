@@ -14,7 +14,7 @@ internal sealed class RdmaTestBed : IDisposable
 {
     public const ulong Mib = 1UL << 20;
     public const int ClientBufBytes = 8 << 20;
-    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
+    public static readonly TimeSpan WaitTime = TimeSpan.FromSeconds(20);
 
     private readonly bool _ownsMemory;
 
@@ -65,7 +65,7 @@ internal sealed class RdmaTestBed : IDisposable
         wr.WrId = ++_wrId;
         wr.SendFlags |= SendFlags.SIGNALED;
         ClientQp.PostSend(wr);
-        WorkCompletion wc = ClientCq.Wait(Timeout);
+        WorkCompletion wc = ClientCq.Wait(WaitTime);
         Assert.Equal(wr.WrId, wc.WrId);
         return wc;
     }
@@ -130,7 +130,7 @@ internal sealed class RdmaTestBed : IDisposable
         return b;
     }
 
-    public static ulong Le64(ReadOnlySpan<byte> b) => BinaryPrimitives.ReadUInt64LittleEndian(b);
+    public static long Le64(ReadOnlySpan<byte> b) => BinaryPrimitives.ReadInt64LittleEndian(b);
 
     public void AssertHealthy()
     {

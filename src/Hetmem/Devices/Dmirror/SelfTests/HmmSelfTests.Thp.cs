@@ -216,8 +216,9 @@ internal static partial class HmmSelfTests
                 p.Munmap(buffer.Ptr + offset, OneMeg);
 
                 // Fault pages back to system memory and check them.
-                self.AssertInts(buffer.Ptr, 0, offset / 4, i => (int)i, "ptr");
-                self.AssertInts(buffer.Ptr, (offset + OneMeg) / 4, size / 4, i => (int)i, "ptr");
+                string round = $"ptr (use_thp={useThp}, offset={offset})";
+                self.AssertInts(buffer.Ptr, 0, offset / 4, i => (int)i, round);
+                self.AssertInts(buffer.Ptr, (offset + OneMeg) / 4, size / 4, i => (int)i, round);
 
                 buffer.Ptr = oldPtr;
                 self.BufferFree(buffer);
@@ -266,7 +267,7 @@ internal static partial class HmmSelfTests
                         ret = self.MigrateSysToDev(self.Fd, buffer, npages);
                         self.AssertEq(ret, 0);
                         self.AssertEq(buffer.Cpages, npages);
-                        self.AssertInts(buffer.Mirror, 0, size / 4, i => (int)i, "mirror");
+                        self.AssertInts(buffer.Mirror, 0, size / 4, i => (int)i, $"mirror (before={before}, dont_unmap={dontUnmap}, use_thp={useThp}, offset={offset})");
 
                         if (before == 0)
                         {
@@ -275,7 +276,7 @@ internal static partial class HmmSelfTests
                             buffer.Ptr = newPtr;
                         }
 
-                        self.AssertInts(buffer.Ptr, 0, size / 4, i => (int)i, "ptr");
+                        self.AssertInts(buffer.Ptr, 0, size / 4, i => (int)i, $"ptr (before={before}, dont_unmap={dontUnmap}, use_thp={useThp}, offset={offset})");
 
                         p.Munmap(newPtr, size);
                         buffer.Ptr = oldPtr;
