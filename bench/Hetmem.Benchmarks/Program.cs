@@ -1,4 +1,5 @@
 using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using Hetmem.Benchmarks;
 
@@ -9,5 +10,6 @@ IConfig config = new DebugInProcessConfig();
 #else
 IConfig config = HetmemBenchConfig.Create();
 #endif
-BenchmarkSwitcher.FromAssembly(typeof(HetmemBenchConfig).Assembly).Run(args, config);
-return 0;
+IEnumerable<Summary> summaries = BenchmarkSwitcher.FromAssembly(typeof(HetmemBenchConfig).Assembly).Run(args, config);
+// Every run is checked against allocation-budgets.json: a benchmark over its budget, or without one, fails the run.
+return AllocationBudgets.Check(summaries, Console.Out) ? 0 : 1;

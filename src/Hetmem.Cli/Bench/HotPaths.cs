@@ -404,6 +404,7 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
     private readonly ulong[] _src = new ulong[ChunkPages];
     private readonly ulong[] _dst = new ulong[ChunkPages];
     private readonly Vma _vma;
+    private readonly MigrateVma _migrate = new();
 
     /// <summary>Maps and fills <paramref name="bytes"/> (a multiple of 2 MiB) of anonymous memory and registers as much device memory.</summary>
     public MigrateFixture(ulong bytes)
@@ -490,27 +491,28 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
 
     private long MigrateChunkLocked(ulong start, bool toDevice, ulong faultPage)
     {
-        int n = faultPage == Page.NoPfn ? ChunkPages : 1;
-        Array.Clear(_src, 0, n);
-        Array.Clear(_dst, 0, n);
-        var m = new MigrateVma
-        {
-            Vma = _vma,
-            Start = start,
-            End = start + ((ulong)n << Page.Shift),
-            Src = _src,
-            Dst = _dst,
-            PgmapOwner = this,
-            Flags = toDevice ? MigrateVmaSelect.System : MigrateVmaSelect.DevicePrivate,
-            FaultPage = faultPage,
-        };
+        bool fault = faultPage != Page.NoPfn;
+        int n = fault ? 1 : ChunkPages;
+        ulong[] src = fault ? new ulong[1] : _src, dst = fault ? new ulong[1] : _dst;
+        Array.Clear(src, 0, n);
+        Array.Clear(dst, 0, n);
+        // One MigrateVma reused for every chunk (Finalize leaves it ready for the next Setup): no allocation per chunk.
+        MigrateVma m = fault ? new MigrateVma() : _migrate;
+        m.Vma = _vma;
+        m.Start = start;
+        m.End = start + ((ulong)n << Page.Shift);
+        m.Src = src;
+        m.Dst = dst;
+        m.PgmapOwner = this;
+        m.Flags = toDevice ? MigrateVmaSelect.System : MigrateVmaSelect.DevicePrivate;
+        m.FaultPage = faultPage;
         if (m.Setup() != Errno.Ok)
         {
             return 0;
         }
         for (int i = 0; i < n; i++)
         {
-            if ((_src[i] & MigratePfn.Migrate) == 0)
+            if ((src[i] & MigratePfn.Migrate) == 0)
             {
                 continue;
             }
@@ -523,27 +525,27 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
             {
                 Memory.LockFrame(d);
             }
-            _dst[i] = MigratePfn.Make(d);
+            dst[i] = MigratePfn.Make(d);
         }
-        CopyRuns(n);
+        CopyRuns(src, dst, n);
         m.Pages();
         long moved = 0;
         for (int i = 0; i < n; i++)
         {
-            moved += (long)(_src[i] & MigratePfn.Migrate) >> 1;
+            moved += (long)(src[i] & MigratePfn.Migrate) >> 1;
         }
         m.Finalize();
         return moved;
     }
 
     /// <summary>Copies every source page to its destination, one vectorised memmove per run of contiguous frames on both sides.</summary>
-    private void CopyRuns(int n)
+    private void CopyRuns(ulong[] src, ulong[] dst, int n)
     {
         int i = 0;
         while (i < n)
         {
-            ulong s = MigratePfn.ToPfn(_src[i]), d = MigratePfn.ToPfn(_dst[i]);
-            if ((_src[i] & MigratePfn.Migrate) == 0 || _dst[i] == 0)
+            ulong s = MigratePfn.ToPfn(src[i]), d = MigratePfn.ToPfn(dst[i]);
+            if ((src[i] & MigratePfn.Migrate) == 0 || dst[i] == 0)
             {
                 i++;
                 continue;
@@ -555,8 +557,8 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
                 continue;
             }
             int run = 1;
-            while (i + run < n && (_src[i + run] & MigratePfn.Migrate) != 0 && _dst[i + run] != 0
-                && MigratePfn.ToPfn(_src[i + run]) == s + (ulong)run && MigratePfn.ToPfn(_dst[i + run]) == d + (ulong)run
+            while (i + run < n && (src[i + run] & MigratePfn.Migrate) != 0 && dst[i + run] != 0
+                && MigratePfn.ToPfn(src[i + run]) == s + (ulong)run && MigratePfn.ToPfn(dst[i + run]) == d + (ulong)run
                 && Memory.Address(s + (ulong)run) == Memory.Address(s) + ((long)run << Page.Shift)
                 && Memory.Address(d + (ulong)run) == Memory.Address(d) + ((long)run << Page.Shift))
             {

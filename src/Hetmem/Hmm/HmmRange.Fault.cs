@@ -211,9 +211,11 @@ public sealed unsafe partial class HmmRange
 
     private void Fill(ulong start, ulong end, ulong value)
     {
-        for (int i = Index(start), n = Index(end); i < n; i++)
+        int i = Index(start);
+        Span<ulong> span = HmmPfns.AsSpan(i, Index(end) - i);
+        for (int k = 0; k < span.Length; k++)
         {
-            Store(i, value);
+            span[k] = (span[k] & HmmPfn.Sticky) | value;
         }
         _last = end;
     }
@@ -222,10 +224,13 @@ public sealed unsafe partial class HmmRange
     private void FillHuge(ulong start, ulong end, ulong headPfn, ulong leafStart, ulong flags, int order)
     {
         flags |= (ulong)HmmPfnFlags.Valid | ((ulong)order << HmmPfn.OrderShift);
-        ulong pfn = headPfn + ((start - leafStart) >> Page.Shift);
-        for (int i = Index(start), n = Index(end); i < n; i++, pfn++)
+        ulong first = (headPfn + ((start - leafStart) >> Page.Shift)) | flags;
+        int i = Index(start);
+        Span<ulong> span = HmmPfns.AsSpan(i, Index(end) - i);
+        for (int k = 0; k < span.Length; k++)
         {
-            Store(i, pfn | flags);
+            // The PFN field is below the flag bits and a leaf never crosses them, so adding k only moves the PFN.
+            span[k] = (span[k] & HmmPfn.Sticky) | (first + (ulong)k);
         }
         _last = end;
     }

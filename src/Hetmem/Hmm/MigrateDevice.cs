@@ -124,7 +124,21 @@ public static unsafe class MigrateDevice
                 continue;
             }
             AddressSpace? owner = f.Mapping as AddressSpace;
-            bool usable = owner is not null && (owner.MmapLock.IsHeld) && owner.IsAlive;
+            bool usable = owner is not null && owner.MmapLock.IsHeld && owner.IsAlive;
+            if (usable && f.Order != 0 && owner!.FindDeviceEntry(pfn, ref f.Index, out int level) && level == 0)
+            {
+                // A device THP mapped by PTEs (after a partial munmap or an mremap): split it, and evict its pages
+                // one by one (they get their own entries of src, after this one).
+                int pages = 1 << f.Order;
+                if (owner.TrySplitMappedCompoundAt(pfn, f.Index << Page.Shift, pfn, pfn))
+                {
+                    for (int k = 1; k < pages && i + k < n; k++)
+                    {
+                        ulong p = pfn + (ulong)k;
+                        src[i + k] = memory.TryGet(p) ? MigratePfn.Make(p) | MigratePfn.Migrate : 0;
+                    }
+                }
+            }
             ulong flags = 0;
             if (usable && owner!.UnmapDevicePageForEviction(pfn, ref f.Index, out bool writable, out bool huge))
             {

@@ -340,6 +340,7 @@ public sealed unsafe class MigrateVma
         while (addr < next)
         {
             ulong compoundHead = Page.NoPfn;
+            ulong compoundPfn = Page.NoPfn;
             lock (mm.PtlFor(table))
             {
                 for (; addr < next; addr += Page.Size)
@@ -394,6 +395,7 @@ public sealed unsafe class MigrateVma
                         if (splits < 4)
                         {
                             compoundHead = mem.Head(pfn);
+                            compoundPfn = pfn;
                             break; // leave the lock, split the compound page, resume here
                         }
                         continue;
@@ -420,7 +422,7 @@ public sealed unsafe class MigrateVma
             if (compoundHead != Page.NoPfn)
             {
                 splits++;
-                if (!mm.TrySplitMappedCompound(compoundHead, table, FaultPage))
+                if (!mm.TrySplitMappedCompoundAt(compoundHead, addr, compoundPfn, FaultPage))
                 {
                     addr += Page.Size; // could not split: this page stays (entry 0)
                 }
@@ -511,7 +513,13 @@ public sealed unsafe class MigrateVma
                 }
                 if (compoundSrc && (d & (MigratePfn.Valid | MigratePfn.Compound)) != (MigratePfn.Valid | MigratePfn.Compound))
                 {
-                    // The driver could not get a huge destination: every 4 KiB entry of the PMD is a hole of its own.
+                    // The driver could not get a huge destination: every 4 KiB entry of the PMD is a hole of its own
+                    // (a huge zero page is split into zero-page PTEs first, which the inserts then replace).
+                    ulong* pmd = mm.PmdEntry(addr, alloc: false);
+                    if (pmd != null && new Pte(Volatile.Read(ref *pmd)) is { IsHugeLeaf: true } pe && mm.IsHugeZeroPfn(pe.Pfn))
+                    {
+                        mm.TrySplitHugePmdForMigration(addr, pmd);
+                    }
                     Src[i] = MigratePfn.Migrate;
                     for (int k = 0; k < 512 && i + k < (int)Npages; k++)
                     {

@@ -105,8 +105,43 @@ public sealed unsafe partial class AddressSpace
     /// <remarks>Takes the head's frame lock (trylock) and the table's page-table lock; caller holds the mmap lock.</remarks>
     /// <returns>True when the page is now a set of base pages.</returns>
     internal bool TrySplitMappedCompound(ulong head, ulong* table, ulong lockedPage)
+        => TrySplitMappedCompoundIn(head, table, null, 0, lockedPage);
+
+    /// <summary>
+    /// As <see cref="TrySplitMappedCompound"/>, for a compound page whose pages are mapped in virtual order from
+    /// <paramref name="va"/> - (<paramref name="pfn"/> - head) pages (a PTE-mapped THP, possibly moved by mremap so that
+    /// it straddles two PTE tables); both tables are locked for the split.
+    /// </summary>
+    internal bool TrySplitMappedCompoundAt(ulong head, ulong va, ulong pfn, ulong lockedPage)
     {
         AssertMmapLocked();
+        int order = Memory.Frame(head).Order;
+        if (order == 0 || pfn - head >= (1UL << order))
+        {
+            return false;
+        }
+        ulong v0 = va - ((pfn - head) << Page.Shift);
+        ulong v1 = v0 + (((1UL << order) - 1) << Page.Shift);
+        ulong* t0 = PteTableOf(v0, out _);
+        ulong* t1 = PteTableOf(v1, out _);
+        if (t0 == null || t1 == null)
+        {
+            return false;
+        }
+        if (t0 == t1)
+        {
+            return TrySplitMappedCompoundIn(head, t0, null, 0, lockedPage);
+        }
+        return TrySplitMappedCompoundIn(head, t0 + PteIndex(v0), t1, 512 - PteIndex(v0), lockedPage);
+    }
+
+    /// <summary>
+    /// The split. Without <paramref name="second"/>, <paramref name="first"/> is a whole PTE table searched for the
+    /// compound's entries; with it, the compound is mapped in order from <paramref name="first"/> (its first
+    /// <paramref name="inFirst"/> pages) continuing at the start of table <paramref name="second"/>.
+    /// </summary>
+    private bool TrySplitMappedCompoundIn(ulong head, ulong* first, ulong* second, int inFirst, ulong lockedPage)
+    {
         ref FrameInfo h = ref Memory.Frame(head);
         int order = h.Order;
         if (order == 0 || !h.Has(FrameFlags.Head) || h.Has(FrameFlags.HugeTlb))
@@ -121,16 +156,41 @@ public sealed unsafe partial class AddressSpace
             return false;
         }
         bool split = false;
-        lock (PtlFor(table))
+        Lock l0 = PtlFor(first);
+        Lock? l1 = second == null ? null : PtlFor(second);
+        if (l1 == l0)
+        {
+            l1 = null;
+        }
+        if (l1 is not null && (nuint)second < (nuint)first)
+        {
+            (l0, l1) = (l1, l0); // a fixed order between the two page-table locks
+        }
+        l0.Enter();
+        l1?.Enter();
+        try
         {
             int inTable = 0;
-            for (int i = 0; i < 512; i++)
+            if (second == null)
             {
-                var e = new Pte(table[i]);
-                bool maps = e.MapsPage || e.SwapType is SwapEntryType.Migration or SwapEntryType.DevicePrivate or SwapEntryType.DeviceExclusive;
-                if (maps && e.Pfn - head < (ulong)n)
+                for (int i = 0; i < 512; i++)
                 {
-                    inTable++;
+                    var e = new Pte(first[i]);
+                    if (MapsFrame(e) && e.Pfn - head < (ulong)n)
+                    {
+                        inTable++;
+                    }
+                }
+            }
+            else
+            {
+                for (int k = 0; k < n; k++)
+                {
+                    var e = new Pte(k < inFirst ? first[k] : second[k - inFirst]);
+                    if (MapsFrame(e) && e.Pfn == head + (ulong)k)
+                    {
+                        inTable++;
+                    }
                 }
             }
             int mapped = 0;
@@ -150,7 +210,7 @@ public sealed unsafe partial class AddressSpace
             int expected = mapped + extra;
             if (!othersLocked && mapped == inTable && mapped >= 0 && Interlocked.CompareExchange(ref h.RefCount, 0, expected) == expected)
             {
-                // Frozen: no TryGet can succeed, and every mapping is under this lock.
+                // Frozen: no TryGet can succeed, and every mapping is under these locks.
                 uint keep = h.Flags & (uint)(FrameFlags.Anon | FrameFlags.Dirty | FrameFlags.UpToDate | FrameFlags.SwapBacked | FrameFlags.AnonExclusive | FrameFlags.DevMap);
                 object? mapping = h.Mapping;
                 ulong index = h.Index;
@@ -166,6 +226,11 @@ public sealed unsafe partial class AddressSpace
                 }
                 split = true;
             }
+        }
+        finally
+        {
+            l1?.Exit();
+            l0.Exit();
         }
         if (lockedHead)
         {
@@ -186,6 +251,9 @@ public sealed unsafe partial class AddressSpace
         return true;
     }
 
+    private static bool MapsFrame(Pte e)
+        => e.MapsPage || e.SwapType is SwapEntryType.Migration or SwapEntryType.DevicePrivate or SwapEntryType.DeviceExclusive;
+
     /// <summary>
     /// Replaces the CPU entry mapping device page <paramref name="pfn"/> by a migration entry, for eviction without a
     /// VMA (kernel: try_to_migrate through the reverse map). Looks at the virtual page <paramref name="vpnHint"/>
@@ -196,8 +264,22 @@ public sealed unsafe partial class AddressSpace
     /// <returns>True when one entry was converted.</returns>
     internal bool UnmapDevicePageForEviction(ulong pfn, ref ulong vpnHint, out bool writable, out bool huge)
     {
+        writable = false;
+        huge = false;
+        return FindDeviceEntry(pfn, ref vpnHint, out _) && TryInstallEvictionEntry(vpnHint << Page.Shift, pfn, out writable, out huge);
+    }
+
+    /// <summary>
+    /// Finds the CPU entry mapping device page <paramref name="pfn"/>: at the virtual page <paramref name="vpnHint"/>,
+    /// else by scanning the anonymous VMAs (then the hint is updated). <paramref name="order"/> is 0 for a PTE, 9 for a
+    /// PMD-level entry.
+    /// </summary>
+    /// <remarks>Caller holds the mmap lock.</remarks>
+    internal bool FindDeviceEntry(ulong pfn, ref ulong vpnHint, out int order)
+    {
         AssertMmapLocked();
-        if (TryInstallEvictionEntry(vpnHint << Page.Shift, pfn, out writable, out huge))
+        ulong hint = vpnHint << Page.Shift;
+        if (hint < TaskSize && IsDeviceEntryFor(Lookup(hint, out order, out _), order, pfn))
         {
             return true;
         }
@@ -209,13 +291,13 @@ public sealed unsafe partial class AddressSpace
             }
             for (ulong a = v.Start; a < v.End;)
             {
-                Pte e = Lookup(a, out int order, out _);
-                ulong size = Page.Bytes(order);
-                if (!e.IsNone && e.Pfn == pfn && TryInstallEvictionEntry(a, pfn, out writable, out huge))
+                Pte e = Lookup(a, out order, out _);
+                if (IsDeviceEntryFor(e, order, pfn))
                 {
                     vpnHint = a >> Page.Shift;
                     return true;
                 }
+                ulong size = Page.Bytes(order);
                 ulong next = Page.AlignDown(a, size) + size;
                 if (next <= a)
                 {
@@ -224,7 +306,21 @@ public sealed unsafe partial class AddressSpace
                 a = next;
             }
         }
+        order = 0;
         return false;
+    }
+
+    private static bool IsDeviceEntryFor(Pte e, int order, ulong pfn)
+    {
+        if (e.IsNone || e.Pfn != pfn || order is not (0 or Page.PmdOrder))
+        {
+            return false;
+        }
+        if (e.IsPresent)
+        {
+            return order == 0 || e.IsHugeLeaf;
+        }
+        return e.SwapType == SwapEntryType.DevicePrivate && e.SwapHuge == (order != 0);
     }
 
     private bool TryInstallEvictionEntry(ulong va, ulong pfn, out bool writable, out bool huge)

@@ -336,4 +336,98 @@ public unsafe class MigrateDeviceMemoryTests
         Assert.Equal(before, mem.UsedFrames);
         Assert.Equal(1024, dev.FreePages);
     }
+    [Theory]
+    [InlineData(MemoryType.DevicePrivate, true)]
+    [InlineData(MemoryType.DevicePrivate, false)]
+    [InlineData(MemoryType.DeviceCoherent, true)]
+    [InlineData(MemoryType.DeviceCoherent, false)]
+    public void TheHugeZeroPageMigratesAsOneHugeHoleOrPageByPage(MemoryType type, bool hugeDestination)
+    {
+        using var mem = new PhysicalMemory(64 * Mib);
+        long before = mem.UsedFrames;
+        using var dev = new MigrateTestDevice(mem, 2048, type);
+        var mm = new AddressSpace(mem);
+        ulong raw = mm.Mmap(0, 4 * Mib, Prot.Read, MapFlags.Private | MapFlags.Anonymous);
+        ulong a = Page.AlignUp(raw, Page.PmdSize);
+        mm.Madvise(a, 2 * Mib, Advice.HugePage);
+        using var cpu = new Cpu(mm);
+        Assert.Equal(0L, cpu.Read<long>(a));
+        Pte z = mm.Lookup(a, out int order, out _);
+        Assert.True(order == Page.PmdOrder && z.IsHugeLeaf, $"expected the huge zero page, found {z} at order {order}");
+        int moved;
+        using (mm.MmapLock.Read())
+        {
+            var m = new MigrateVma
+            {
+                Vma = mm.Vmas.Find(a)!,
+                Start = a,
+                End = a + 2 * Mib,
+                Src = new ulong[512],
+                Dst = new ulong[512],
+                PgmapOwner = dev.Owner,
+                Flags = MigrateVmaSelect.System | MigrateVmaSelect.Compound,
+            };
+            Assert.Equal(Errno.Ok, m.Setup());
+            Assert.Equal(MigratePfn.Migrate | MigratePfn.Compound, m.Src[0]);
+            if (hugeDestination)
+            {
+                ulong d = dev.AllocPage(Page.PmdOrder);
+                mem.ZeroFrames(d, 512);
+                m.Dst[0] = MigratePfn.Make(d) | MigratePfn.Compound;
+            }
+            else
+            {
+                for (int k = 0; k < 512; k++)
+                {
+                    ulong d = dev.AllocPage();
+                    mem.ZeroFrames(d, 1);
+                    m.Dst[k] = MigratePfn.Make(d);
+                }
+            }
+            m.Pages();
+            moved = m.Src.Count(x => (x & MigratePfn.Migrate) != 0) * (hugeDestination ? 512 : 1);
+            m.Finalize();
+        }
+        Assert.Equal(512, moved);
+        Pte e = mm.Lookup(a + 7 * Page.Size, out order, out _);
+        Assert.Equal(hugeDestination ? Page.PmdOrder : 0, order);
+        Assert.True(dev.Map.Contains(e.Pfn), $"expected a device page, found {e}");
+        Assert.Equal(0L, cpu.Read<long>(a + 7 * Page.Size));
+        Assert.Equal(0L, cpu.Read<long>(a + 2 * Mib - 8));
+        cpu.Dispose();
+        mm.Exit();
+        Assert.Equal(before, mem.UsedFrames);
+        Assert.Equal(2048, dev.FreePages);
+    }
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ADeviceThpMovedByMremapToAnUnalignedAddressComesBackPageByPage(bool evict)
+    {
+        using var mem = new PhysicalMemory(64 * Mib);
+        long before = mem.UsedFrames;
+        using var dev = new MigrateTestDevice(mem, 2048);
+        var mm = new AddressSpace(mem);
+        ulong raw = mm.Mmap(0, 8 * Mib, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+        ulong a = Page.AlignUp(raw, Page.PmdSize);
+        mm.Madvise(a, 2 * Mib, Advice.HugePage);
+        using var cpu = new Cpu(mm);
+        Fill(cpu, a, 512, 600);
+        Assert.Equal(512, dev.MigrateToDevice(mm, a, a + 2 * Mib, MigrateVmaSelect.System | MigrateVmaSelect.Compound));
+        ulong b = mm.Mremap(a, 2 * Mib, 2 * Mib, MremapFlags.MayMove | MremapFlags.Fixed, a + 2 * Mib + 512 * 1024);
+        Pte e = mm.Lookup(b + 5 * Page.Size, out int order, out _);
+        Assert.Equal(0, order);
+        Assert.Equal(SwapEntryType.DevicePrivate, e.SwapType);
+        if (evict)
+        {
+            Assert.Equal(512, dev.EvictAll());
+            Assert.True(mem.IsRam(mm.Lookup(b + 300 * Page.Size, out _, out _).Pfn));
+            Assert.Equal(0, dev.MigrateToRamCalls);
+        }
+        Check(cpu, b, 512, 600);
+        cpu.Dispose();
+        mm.Exit();
+        Assert.Equal(before, mem.UsedFrames);
+        Assert.Equal(2048, dev.FreePages);
+    }
 }

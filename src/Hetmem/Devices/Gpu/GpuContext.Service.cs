@@ -114,6 +114,10 @@ public sealed partial class GpuContext
             GpuSvmRange r = _touched[t];
             counters.Inc(GpuCounter.GetPages);
             Errno e = Svm.GetPages(r, _binder, svmCtx);
+            if (e == Errno.Ok)
+            {
+                e = CheckWritesGranted(faults, r, svmCtx, ref fatalIndex);
+            }
             if (e is Errno.Ok or Errno.EAGAIN or Errno.EBUSY)
             {
                 continue; // EAGAIN/EBUSY: the warps fault again after the replay
@@ -123,6 +127,76 @@ public sealed partial class GpuContext
                 fatalIndex = FaultInRange(faults, r, e);
                 fatal = e;
             }
+        }
+    }
+
+    /// <summary>
+    /// hmm_range_fault reports this device's own private pages as they are, even when write was asked and their CPU
+    /// entry is read-only (after mprotect, or shared copy-on-write after fork). A write fault left unsatisfied that way
+    /// is either a permission error (the VMA forbids writes: EPERM) or needs the page back in system memory first: get
+    /// the range's pages once more without claiming device pages, so hmm_range_fault faults them through the CPU path
+    /// (migrate_to_ram, then the write fault breaks copy-on-write).
+    /// </summary>
+    private Errno CheckWritesGranted(Span<GpuFaultRecord> faults, GpuSvmRange r, in GpuSvmContext svmCtx, ref int fatalIndex)
+    {
+        bool needRetry = false;
+        for (int k = 0; k < faults.Length; k++)
+        {
+            GpuFaultRecord f = faults[k];
+            if (f.Access < GpuAccess.Write || f.Address < r.Start || f.Address >= r.End)
+            {
+                continue;
+            }
+            ulong pte = PageTable.Lookup(f.Address);
+            if (GpuPte.Permits(pte, f.Access) || (pte & GpuPte.Valid) == 0)
+            {
+                continue;
+            }
+            if (!VmaAllowsWrite(f.Address))
+            {
+                if (fatalIndex < 0)
+                {
+                    fatalIndex = k;
+                }
+                return Errno.EPERM;
+            }
+            needRetry |= (pte & GpuPte.Vram) != 0;
+        }
+        if (!needRetry)
+        {
+            return Errno.Ok;
+        }
+        object? owner = r.Hmm.DevPrivateOwner;
+        r.Hmm.DevPrivateOwner = null;
+        try
+        {
+            Device.Counters.Inc(GpuCounter.GetPages);
+            return Svm.GetPages(r, _binder, svmCtx);
+        }
+        finally
+        {
+            r.Hmm.DevPrivateOwner = owner;
+        }
+    }
+
+    private bool VmaAllowsWrite(ulong address)
+    {
+        AddressSpace mm = Space;
+        if (!mm.TryGetLiveReference())
+        {
+            return false;
+        }
+        try
+        {
+            using (mm.MmapLock.Read())
+            {
+                Vma? vma = mm.Vmas.Find(address);
+                return vma is not null && (vma.Flags & VmFlags.Write) != 0;
+            }
+        }
+        finally
+        {
+            mm.PutLiveReference();
         }
     }
 

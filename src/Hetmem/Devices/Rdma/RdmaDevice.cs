@@ -288,7 +288,8 @@ public sealed class RdmaDevice : IDisposable
             {
                 return;
             }
-            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Device.Handshake(state.Socket), (Device: this, Socket: s), preferLocal: false);
+            // A thread of its own: the thread pool may be starved by blocked callers, and a handshake must not wait for it.
+            new Thread(() => Handshake(s)) { IsBackground = true, Name = $"{Name} handshake" }.Start();
         }
     }
 

@@ -1,0 +1,206 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Hetmem.Cli.Bench;
+using Hetmem.Diagnostics;
+using Hetmem.Tests.Diagnostics;
+
+namespace Hetmem.Tests.Bench;
+
+/// <summary>
+/// The CI gate of bench/Hetmem.Benchmarks/allocation-budgets.json: every budgeted benchmark exists, and each hot path
+/// named by the file allocates no more than its budget (0 B) per operation once warm. These are allocation checks on
+/// small fixtures (a few dozen pages), not timings. Runs alone so no other test's trace recording is on.
+/// </summary>
+[Collection(GlobalDiagnosticsCollection.Name)]
+public partial class AllocationBudgetTests
+{
+    private static readonly string s_repo = FindRepository();
+    private static readonly string s_budgetFile = Path.Combine(s_repo, "bench", "Hetmem.Benchmarks", "allocation-budgets.json");
+
+    public sealed record Budget(string Benchmark, long Bytes, string? HotPath);
+
+    private static IReadOnlyList<Budget> Budgets()
+    {
+        using JsonDocument doc = JsonDocument.Parse(File.ReadAllText(s_budgetFile));
+        return [.. doc.RootElement.GetProperty("budgets").EnumerateArray().Select(e => new Budget(
+            e.GetProperty("benchmark").GetString()!,
+            e.GetProperty("bytes").GetInt64(),
+            e.TryGetProperty("hotPath", out JsonElement h) && h.ValueKind == JsonValueKind.String ? h.GetString() : null))];
+    }
+
+    /// <summary>Bytes allocated per operation by each hot path, measured on the calling thread (least of a few attempts).</summary>
+    private static readonly Dictionary<string, Func<long>> s_hotPaths = new(StringComparer.Ordinal)
+    {
+        ["page-walk"] = () =>
+        {
+            using var fx = new ResidentRangeFixture(64);
+            return PerOp(100, () => fx.PageWalk());
+        },
+        ["tlb-hit"] = () =>
+        {
+            using var fx = new TlbHitFixture();
+            return PerOp(1, () => fx.Chase(100_000));
+        },
+        ["anon-fault-cpu"] = () =>
+        {
+            using var fx = new AnonFaultFixture(64);
+            return Fresh(fx, fx.CpuWrites);
+        },
+        ["anon-fault-populate"] = () =>
+        {
+            using var fx = new AnonFaultFixture(64);
+            return Fresh(fx, fx.Populate);
+        },
+        ["munmap-mirrored"] = () =>
+        {
+            using var fx = new MirroredRangeFixture(64);
+            return Least(() =>
+            {
+                fx.Map();
+                return Measure(fx.Unmap);
+            });
+        },
+        ["mprotect-mirrored"] = () =>
+        {
+            using var fx = new MirroredRangeFixture(64);
+            fx.Map();
+            return Least(() =>
+            {
+                fx.Unprotect();
+                fx.MirrorAll();
+                return Measure(fx.Protect);
+            });
+        },
+        ["hmm-snapshot"] = () =>
+        {
+            using var fx = new ResidentRangeFixture(64);
+            return PerOp(100, () => Ok(fx.Snapshot()));
+        },
+        ["dax-pmd-snapshot"] = () =>
+        {
+            using var fx = new DaxPmdFixture(2UL << 20);
+            Assert.Equal(1UL, fx.PmdEntries);
+            return PerOp(100, () => Ok(fx.Snapshot()));
+        },
+        ["migrate-to-device"] = () =>
+        {
+            using var fx = new MigrateFixture(2UL << 20);
+            return Least(() =>
+            {
+                long b = Measure(() => Assert.Equal(512, fx.ToDevice()));
+                Assert.Equal(512, fx.ToRam());
+                return b;
+            });
+        },
+        ["migrate-to-ram"] = () =>
+        {
+            using var fx = new MigrateFixture(2UL << 20);
+            return Least(() =>
+            {
+                Assert.Equal(512, fx.ToDevice());
+                return Measure(() => Assert.Equal(512, fx.ToRam()));
+            });
+        },
+        ["trace-off"] = () =>
+        {
+            Assert.False(TraceLog.Enabled);
+            return PerOp(1000, () =>
+            {
+                using (TraceLog.Span(TraceCategory.CpuFault, "anon", TraceArg.Address(0x1000)))
+                {
+                }
+                TraceLog.Instant(TraceCategory.Invalidate, "unmap");
+                TraceLog.Counter("resident_pages", "ram", 1);
+                Counters.Inc(Counter.PgFault);
+            });
+        },
+    };
+
+    public static TheoryData<string> HotPathNames() => [.. Budgets().Select(b => b.HotPath).OfType<string>().Distinct()];
+
+    [Fact]
+    public void TheBudgetFileNamesExistingBenchmarksAndGivesHotPathsZeroBytes()
+    {
+        IReadOnlyList<Budget> budgets = Budgets();
+        Assert.NotEmpty(budgets);
+        Assert.Equal(budgets.Count, budgets.Select(b => b.Benchmark).Distinct().Count());
+        foreach (Budget b in budgets)
+        {
+            // Hetmem.Benchmarks.<Folder>.<Class>.<Method> → bench/Hetmem.Benchmarks/<Folder>/<Class>.cs has [Benchmark] <Method>.
+            string[] parts = b.Benchmark.Split('.');
+            Assert.True(parts.Length == 5 && parts[0] == "Hetmem" && parts[1] == "Benchmarks", $"{b.Benchmark} is not Hetmem.Benchmarks.Folder.Class.Method");
+            string file = Path.Combine(s_repo, "bench", "Hetmem.Benchmarks", parts[2], parts[3] + ".cs");
+            Assert.True(File.Exists(file), $"{b.Benchmark}: {file} does not exist");
+            string source = File.ReadAllText(file);
+            Assert.True(BenchmarkMethod().Matches(source).Any(m => m.Groups["name"].Value == parts[4]),
+                $"{b.Benchmark}: no [Benchmark] method {parts[4]} in {Path.GetFileName(file)}");
+            if (b.HotPath is not null)
+            {
+                Assert.True(b.Bytes == 0, $"{b.Benchmark} is a hot path with a budget of {b.Bytes} B; hot paths get 0 B");
+                Assert.True(s_hotPaths.ContainsKey(b.HotPath), $"{b.Benchmark}: no allocation check named '{b.HotPath}'");
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(HotPathNames))]
+    public void AWarmHotPathAllocatesNothing(string hotPath)
+    {
+        long budget = Budgets().Where(b => b.HotPath == hotPath).Min(b => b.Bytes);
+        long bytes = s_hotPaths[hotPath]();
+        Assert.True(bytes <= budget, $"hot path '{hotPath}' allocated {bytes} B per operation (budget {budget} B)");
+    }
+
+    [GeneratedRegex(@"\[Benchmark[^\]]*\]\s*public\s+[\w<>\[\]?]+\s+(?<name>\w+)\s*\(", RegexOptions.CultureInvariant)]
+    private static partial Regex BenchmarkMethod();
+
+    private static void Ok(Errno e) => Assert.Equal(Errno.Ok, e);
+
+    /// <summary>Bytes per call of <paramref name="op"/> over <paramref name="calls"/> warm calls.</summary>
+    private static long PerOp(int calls, Action op) => AllocationMeter.LeastAllocated(() =>
+    {
+        for (int i = 0; i < calls; i++)
+        {
+            op();
+        }
+    }) / calls;
+
+    /// <summary>Fault-type paths need fresh memory each time: measure <paramref name="op"/> only, MADV_DONTNEED outside the window.</summary>
+    private static long Fresh(AnonFaultFixture fx, Action op) => Least(() =>
+    {
+        fx.Drop();
+        return Measure(op);
+    });
+
+    private static long Measure(Action op)
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        op();
+        return GC.GetAllocatedBytesForCurrentThread() - before;
+    }
+
+    /// <summary>The least of a few measurements after two warm-ups (a GC on another thread can inflate one reading).</summary>
+    private static long Least(Func<long> measure)
+    {
+        measure();
+        measure();
+        long least = long.MaxValue;
+        for (int i = 0; i < 5 && least != 0; i++)
+        {
+            least = Math.Min(least, measure());
+        }
+        return least;
+    }
+
+    private static string FindRepository()
+    {
+        for (DirectoryInfo? d = new(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            if (File.Exists(Path.Combine(d.FullName, "Hetmem.slnx")))
+            {
+                return d.FullName;
+            }
+        }
+        throw new InvalidOperationException($"no Hetmem.slnx above {AppContext.BaseDirectory}");
+    }
+}
