@@ -93,7 +93,7 @@ public abstract class HmmMirror
     /// </summary>
     /// <param name="update">The invalidated range.</param>
     /// <returns>Ok; EAGAIN only when <c>update.Blockable</c> is false and the driver would have to sleep.</returns>
-    public abstract Errno SyncCpuDevicePagetables(in HmmUpdate update);
+    public abstract Errno SyncCpuDevicePagetables(HmmUpdate update);
 
     /// <summary>
     /// The address space is being torn down (kernel 5.1: hmm_mirror_ops.release). Called at most once, with no Hetmem

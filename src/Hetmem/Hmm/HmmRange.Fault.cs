@@ -238,8 +238,11 @@ public sealed unsafe partial class HmmRange
     /// <summary>
     /// Faults the pages of [start, end) that need it, then asks the caller to walk again from <paramref name="start"/>
     /// (kernel: hmm_vma_fault). A write needed on a VMA without VM_WRITE is EPERM before anything is faulted.
+    /// <paramref name="hole"/>: the span had no entries when the walk looked (no table or an empty upper level), so
+    /// every requested page needs a fault and the entries need not be re-read (a page populated meanwhile is fine:
+    /// the fault handler then just confirms it).
     /// </summary>
-    private Step FaultPages(AddressSpace mm, Vma vma, ulong start, ulong end)
+    private Step FaultPages(AddressSpace mm, Vma vma, ulong start, ulong end, bool hole = false)
     {
         PhysicalMemory mem = mm.Memory;
         if ((vma.Flags & VmFlags.Write) == 0)
@@ -247,7 +250,7 @@ public sealed unsafe partial class HmmRange
             for (ulong a = start; a < end; a += Page.Size)
             {
                 ulong req = Request(Index(a));
-                if ((req & (ReqFault | ReqWrite)) == (ReqFault | ReqWrite) && EntryNeedsFault(mem, mm.QueryPte(a, out _), req))
+                if ((req & (ReqFault | ReqWrite)) == (ReqFault | ReqWrite) && (hole || EntryNeedsFault(mem, mm.QueryPte(a, out _), req)))
                 {
                     return Fail(Errno.EPERM);
                 }
@@ -256,7 +259,7 @@ public sealed unsafe partial class HmmRange
         for (ulong a = start; a < end; a += Page.Size)
         {
             ulong req = Request(Index(a));
-            Pte e = mm.QueryPte(a, out _);
+            Pte e = hole ? default : mm.QueryPte(a, out _);
             if (!EntryNeedsFault(mem, e, req))
             {
                 continue;
@@ -293,7 +296,7 @@ public sealed unsafe partial class HmmRange
                 if (e.IsNone || order == Page.PudOrder && !e.MapsPage)
                 {
                     // Missing table, empty entry, or a non-present PUD (kernel: treated as a hole).
-                    s = Hole(mm, vma, addr, stepEnd);
+                    s = Hole(mm, vma, addr, stepEnd, empty: e.IsNone);
                 }
                 else if (e.MapsPage && (e.Value & Pte.Huge) != 0)
                 {
@@ -314,32 +317,39 @@ public sealed unsafe partial class HmmRange
             // PTE level: walk the rest of this PTE table in one tight loop (tables are not freed under the mmap read lock).
             mm.Lookup(addr, out _, out ulong* pte);
             ulong tableEnd = Math.Min(Page.AlignDown(addr, Page.PmdSize) + Page.PmdSize, end);
-            for (; addr < tableEnd; addr += Page.Size, pte++)
+            int first = Index(addr);
+            Span<ulong> pfns = HmmPfns.AsSpan(first, Index(tableEnd) - first);
+            ulong mask = (ulong)PfnFlagsMask;
+            ulong defaults = (ulong)DefaultFlags;
+            for (int k = 0; k < pfns.Length; k++)
             {
-                int i = Index(addr);
-                var p = new Pte(Volatile.Read(ref *pte));
-                ulong req = Request(i);
-                if (p.IsPresent && !p.IsSpecial)
+                var p = new Pte(Volatile.Read(ref pte[k]));
+                ulong req = (pfns[k] & mask) | defaults;
+                if ((p.Value & (Pte.Present | Pte.Special)) == Pte.Present)
                 {
-                    bool w = p.IsWritable;
-                    if (NeedFault(req, true, w))
+                    bool w = (p.Value & Pte.Write) != 0;
+                    if ((req & ReqFault) != 0 && (req & ReqWrite) != 0 && !w)
                     {
-                        return FaultPages(mm, vma, addr, tableEnd);
+                        _last = addr + ((ulong)k << Page.Shift);
+                        return FaultPages(mm, vma, _last, tableEnd);
                     }
-                    if (p.IsDevMap && !HoldPageMap(mem, p.Pfn))
+                    if ((p.Value & Pte.DevMap) != 0 && !HoldPageMap(mem, p.Pfn))
                     {
+                        _last = addr + ((ulong)k << Page.Shift);
                         return Fail(Errno.EBUSY);
                     }
-                    Store(i, p.Pfn | (ulong)HmmPfnFlags.Valid | (w ? (ulong)HmmPfnFlags.Write : 0));
-                    _last = addr + Page.Size;
+                    pfns[k] = (pfns[k] & HmmPfn.Sticky) | p.Pfn | (ulong)HmmPfnFlags.Valid | (w ? (ulong)HmmPfnFlags.Write : 0);
                     continue;
                 }
-                Step s = PteSlow(mm, vma, p, addr, tableEnd, req, i);
+                _last = addr + ((ulong)k << Page.Shift);
+                Step s = PteSlow(mm, vma, p, _last, tableEnd, req, first + k);
                 if (s != Step.Next)
                 {
                     return s;
                 }
             }
+            _last = tableEnd;
+            addr = tableEnd;
         }
         return Step.Next;
     }
@@ -415,11 +425,11 @@ public sealed unsafe partial class HmmRange
     }
 
     /// <summary>No page table or an empty entry above PTE level (kernel: hmm_vma_walk_hole).</summary>
-    private Step Hole(AddressSpace mm, Vma vma, ulong addr, ulong end)
+    private Step Hole(AddressSpace mm, Vma vma, ulong addr, ulong end, bool empty = true)
     {
         if ((GroupRequest(addr, end) & ReqFault) != 0)
         {
-            return FaultPages(mm, vma, addr, end);
+            return FaultPages(mm, vma, addr, end, hole: empty);
         }
         FillNone(addr, end);
         return Step.Next;
@@ -430,7 +440,7 @@ public sealed unsafe partial class HmmRange
     {
         if (e.IsProtNone)
         {
-            return Hole(mm, vma, addr, end);
+            return Hole(mm, vma, addr, end, empty: false);
         }
         bool w = e.IsWritable;
         if (!PureSnapshot)

@@ -223,7 +223,10 @@ public sealed unsafe class MigrateVma
             {
                 return; // PMD migration entry, PROT_NONE THP: skipped
             }
-            if (isPrivate ? !SelectsDevice(mm, e.Pfn, MemoryType.DevicePrivate) : !Has(MigrateVmaSelect.System))
+            bool selected = isPrivate ? SelectsDevice(mm, e.Pfn, MemoryType.DevicePrivate)
+                : mm.Memory.IsRam(e.Pfn) ? Has(MigrateVmaSelect.System)
+                : SelectsDevice(mm, e.Pfn, MemoryType.DeviceCoherent);
+            if (!selected)
             {
                 return;
             }
@@ -677,7 +680,7 @@ public sealed unsafe class MigrateVma
         bool writable = (Vma.Flags & VmFlags.Write) != 0;
         ulong value = dmap is { Type: MemoryType.DevicePrivate }
             ? Pte.MakeSwap(SwapEntryType.DevicePrivate, dpfn, writable, huge).Value
-            : Pte.Make(dpfn, writable, (writable ? Pte.Dirty : 0) | (dmap is null ? 0 : Pte.DevMap) | (huge ? Pte.Huge : 0)).Value;
+            : Pte.Make(dpfn, writable, (writable ? Pte.Dirty : 0) | (huge ? Pte.Huge : dmap is null ? 0 : Pte.DevMap)).Value;
         mem.TryLockFrame(dpfn);
         SetDestinationMetadata(mm, dpfn, dmap, addr, huge, 0);
         bool installed = false;
@@ -893,7 +896,7 @@ public sealed unsafe class MigrateVma
         {
             return Pte.MakeSwap(SwapEntryType.DevicePrivate, pfn, writable, huge).Value;
         }
-        return Pte.Make(pfn, writable, (writable ? Pte.Dirty : 0) | Pte.DevMap | (huge ? Pte.Huge : 0)).Value;
+        return Pte.Make(pfn, writable, (writable ? Pte.Dirty : 0) | (huge ? Pte.Huge : Pte.DevMap)).Value; // see AddressSpace.RestoredEntryFor
     }
 
     private static void CountMove(PhysicalMemory mem, ulong dpfn, ref long toDevice, ref long toRam)

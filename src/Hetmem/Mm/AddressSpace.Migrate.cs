@@ -63,7 +63,7 @@ public sealed unsafe partial class AddressSpace
     /// <summary>
     /// The entry a migration entry turns back into when the source stays (kernel: remove_migration_pte with
     /// src == dst): a device-private entry for a device-private frame, else a present entry (devmap for
-    /// ZONE_DEVICE frames), writable as the migration entry was.
+    /// ZONE_DEVICE frames at PTE level), writable as the migration entry was.
     /// </summary>
     internal ulong RestoredEntryFor(ulong pfn, bool writable, bool huge)
     {
@@ -72,7 +72,9 @@ public sealed unsafe partial class AddressSpace
         {
             return Pte.MakeSwap(SwapEntryType.DevicePrivate, pfn, writable, huge).Value;
         }
-        ulong extra = (writable ? Pte.Dirty : 0) | (map is null ? 0 : Pte.DevMap) | (huge ? Pte.Huge : 0);
+        // A PMD-level coherent entry carries no devmap bit: the mm then treats it as the anonymous THP it is (split on
+        // partial munmap/mprotect/mremap) rather than as a refaultable DAX leaf (zapped whole).
+        ulong extra = (writable ? Pte.Dirty : 0) | (huge ? Pte.Huge : map is null ? 0 : Pte.DevMap);
         return Pte.Make(pfn, writable, extra).Value;
     }
 

@@ -482,7 +482,8 @@ public sealed unsafe partial class AddressSpace
             if (pmd != null && new Pte(Volatile.Read(ref *pmd)) is { IsNone: false } me && (me.Value & Pte.Huge) != 0)
             {
                 ulong hstart = Page.AlignDown(boundary, Page.PmdSize);
-                if (v.Kind == VmaKind.Anonymous && me.MapsPage && !me.IsDevMap)
+                if (v.Kind == VmaKind.Anonymous && !me.IsDevMap
+                    && (me.MapsPage || me.SwapType is SwapEntryType.Migration or SwapEntryType.DevicePrivate))
                 {
                     SplitHugePmd(hstart, pmd);
                 }

@@ -10,12 +10,22 @@ public sealed unsafe partial class AddressSpace
     /// entries, like a driver's remap_pfn_range of a register window. The pages are not reference counted; HMM
     /// reports them as errors and devices cannot fault them.
     /// </summary>
-    /// <exception cref="MmException">EINVAL for a zero count, or PFNs without host memory; ENOMEM when no room.</exception>
+    /// <remarks>A free, page-aligned <paramref name="address"/> is used as is; otherwise a free range is chosen.</remarks>
+    /// <exception cref="MmException">EINVAL for a zero count, unknown protection bits, or PFNs without host memory;
+    /// ENOMEM when the range is larger than user space, or no room or page-table memory is left (nothing is mapped then).</exception>
     public ulong MapPfnRange(ulong address, ulong firstPfn, ulong pageCount, Prot prot)
     {
         if (pageCount == 0)
         {
             MmException.Throw(Errno.EINVAL, "remap_pfn_range of zero pages");
+        }
+        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
+        {
+            MmException.Throw(Errno.EINVAL, $"remap_pfn_range: unknown protection bits 0x{(int)prot:x}");
+        }
+        if (pageCount > TaskSize >> Page.Shift || firstPfn + pageCount < firstPfn)
+        {
+            MmException.Throw(Errno.ENOMEM, $"remap_pfn_range of 0x{pageCount:x} pages is larger than user space");
         }
         for (ulong i = 0; i < pageCount; i++)
         {
@@ -36,6 +46,11 @@ public sealed unsafe partial class AddressSpace
                 ulong* pte = PteEntry(start + (i << Page.Shift), alloc: true);
                 if (pte == null)
                 {
+                    for (ulong k = 0; k < i; k++)
+                    {
+                        *PteEntry(start + (k << Page.Shift), alloc: false) = 0;
+                    }
+                    FreePgTables(start, start + len, Vmas.FindLastStartingBelow(start)?.End ?? 0, Vmas.FindFirstEndingAbove(start)?.Start ?? TaskSize + 1);
                     MmException.Throw(Errno.ENOMEM, "remap_pfn_range: no memory for page tables");
                 }
                 *pte = Pte.Make(firstPfn + i, (prot & Prot.Write) != 0, Pte.Special | Pte.Dirty).Value;
@@ -50,14 +65,27 @@ public sealed unsafe partial class AddressSpace
     /// driver's mmap calling vm_insert_page, as the HMM test device does). A private mapping's pages are inserted
     /// read-only and copied on write.
     /// </summary>
-    /// <exception cref="MmException">EINVAL for a zero length, ENOMEM when memory or room runs out.</exception>
+    /// <exception cref="MmException">EINVAL for a zero length, unknown protection bits or no MAP_SHARED/MAP_PRIVATE type;
+    /// ENOMEM when the length overflows, or memory or room runs out (nothing is mapped then).</exception>
     public ulong MapMixedPages(ulong address, ulong length, Prot prot, MapFlags flags)
     {
         if (length == 0)
         {
             MmException.Throw(Errno.EINVAL, "vm_insert_page mapping of zero length");
         }
+        if ((prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
+        {
+            MmException.Throw(Errno.EINVAL, $"vm_insert_page mapping: unknown protection bits 0x{(int)prot:x}");
+        }
+        if ((flags & MapFlags.SharedValidate) == MapFlags.None)
+        {
+            MmException.Throw(Errno.EINVAL, "vm_insert_page mapping needs MAP_SHARED or MAP_PRIVATE");
+        }
         ulong len = Page.AlignUp(length, Page.Size);
+        if (len == 0 || len > TaskSize)
+        {
+            MmException.Throw(Errno.ENOMEM, $"vm_insert_page mapping of 0x{length:x} bytes is larger than user space");
+        }
         bool shared = (flags & MapFlags.SharedValidate) != MapFlags.Private;
         using (MmapLock.Write())
         {
@@ -82,6 +110,7 @@ public sealed unsafe partial class AddressSpace
                         Memory.RemoveMap(ipfn);
                         Memory.Put(ipfn);
                     }
+                    FreePgTables(start, start + len, Vmas.FindLastStartingBelow(start)?.End ?? 0, Vmas.FindFirstEndingAbove(start)?.Start ?? TaskSize + 1);
                     MmException.Throw(Errno.ENOMEM, "vm_insert_page: out of memory");
                 }
                 // The driver keeps no reference: the mapping's reference is the page's only one.

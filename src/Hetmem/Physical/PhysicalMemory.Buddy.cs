@@ -36,7 +36,7 @@ public sealed partial class PhysicalMemory
     {
         Debug.Assert(Monitor.IsEntered(_buddyLock));
         _freeFrames += 1L << order;
-        // Frame 0 (the zero page) is never free, so merging stops below it naturally.
+        // The zero page (the last frame) is never free, so merging stops below it naturally.
         while (order < _topOrder)
         {
             uint buddy = idx ^ (1u << order);

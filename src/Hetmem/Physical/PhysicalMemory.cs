@@ -67,14 +67,16 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
         {
             _frames[i].Index = ((ulong)NoLink << 32) | NoLink;
         }
-        // Frame 0 of RAM is the shared zero page; everything else goes to the free lists.
-        ZeroPfn = RamFirstPfn;
-        new Span<byte>(_ram, Page.Size).Clear();
-        _frames[0].Flags = (uint)(FrameFlags.Reserved | FrameFlags.UpToDate);
-        _frames[0].RefCount = 1;
+        // The last frame of RAM is the shared zero page (at the top, so it never splits the first, naturally
+        // aligned 1 GiB block a gigantic allocation needs); everything else goes to the free lists.
+        ulong zeroIndex = RamFrames - 1;
+        ZeroPfn = RamFirstPfn + zeroIndex;
+        new Span<byte>(_ram + (zeroIndex << Page.Shift), Page.Size).Clear();
+        _frames[zeroIndex].Flags = (uint)(FrameFlags.Reserved | FrameFlags.UpToDate);
+        _frames[zeroIndex].RefCount = 1;
         lock (_buddyLock)
         {
-            for (ulong i = 1; i < RamFrames; i++)
+            for (ulong i = 0; i < zeroIndex; i++)
             {
                 _frames[i].Generation = 1;
                 FreeToBuddyLocked((uint)i, 0);

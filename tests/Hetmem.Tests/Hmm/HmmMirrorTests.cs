@@ -16,7 +16,7 @@ internal sealed class RecordingMirror : HmmMirror
     public int Releases;
     public Action? OnRelease;
 
-    public override Errno SyncCpuDevicePagetables(in HmmUpdate update)
+    public override Errno SyncCpuDevicePagetables(HmmUpdate update)
     {
         if (RefuseNonBlocking && !update.Blockable)
         {
@@ -476,7 +476,7 @@ public sealed class HmmMirrorTests : IDisposable
 
     private sealed class HookMirror(Action<HmmUpdate> hook) : HmmMirror
     {
-        public override Errno SyncCpuDevicePagetables(in HmmUpdate update)
+        public override Errno SyncCpuDevicePagetables(HmmUpdate update)
         {
             hook(update);
             return Errno.Ok;

@@ -430,4 +430,34 @@ public unsafe class MigrateDeviceMemoryTests
         Assert.Equal(before, mem.UsedFrames);
         Assert.Equal(2048, dev.FreePages);
     }
+    [Fact]
+    public void ACoherentDeviceThpIsAPresentHugeEntryThatSplitsOnPartialMunmapAndComesBack()
+    {
+        using var mem = new PhysicalMemory(64 * Mib);
+        long before = mem.UsedFrames;
+        using var dev = new MigrateTestDevice(mem, 2048, MemoryType.DeviceCoherent);
+        var mm = new AddressSpace(mem);
+        ulong raw = mm.Mmap(0, 4 * Mib, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+        ulong a = Page.AlignUp(raw, Page.PmdSize);
+        mm.Madvise(a, 2 * Mib, Advice.HugePage);
+        using var cpu = new Cpu(mm);
+        Fill(cpu, a, 512, 40);
+        Assert.Equal(512, dev.MigrateToDevice(mm, a, a + 2 * Mib, MigrateVmaSelect.System | MigrateVmaSelect.Compound));
+        Pte e = mm.Lookup(a, out int order, out _);
+        Assert.Equal(Page.PmdOrder, order);
+        Assert.True(e.IsHugeLeaf && e.IsWritable && dev.Map.Contains(e.Pfn));
+        Check(cpu, a, 512, 40);
+        mm.Munmap(a + Mib, Mib);
+        e = mm.Lookup(a + 3 * Page.Size, out order, out _);
+        Assert.Equal(0, order);
+        Assert.True(e.IsPresent && dev.Map.Contains(e.Pfn));
+        Check(cpu, a, 256, 40);
+        Assert.Equal(256, dev.MigrateToSystem(mm, a, a + Mib));
+        Assert.True(mem.IsRam(mm.Lookup(a + 3 * Page.Size, out _, out _).Pfn));
+        Check(cpu, a, 256, 40);
+        cpu.Dispose();
+        mm.Exit();
+        Assert.Equal(before, mem.UsedFrames);
+        Assert.Equal(2048, dev.FreePages);
+    }
 }

@@ -116,7 +116,7 @@ public sealed partial class GpuContext
             Errno e = Svm.GetPages(r, _binder, svmCtx);
             if (e == Errno.Ok)
             {
-                e = CheckWritesGranted(faults, r, svmCtx, ref fatalIndex);
+                e = CheckWritesGranted(faults, r, svmCtx);
             }
             if (e is Errno.Ok or Errno.EAGAIN or Errno.EBUSY)
             {
@@ -137,7 +137,7 @@ public sealed partial class GpuContext
     /// the range's pages once more without claiming device pages, so hmm_range_fault faults them through the CPU path
     /// (migrate_to_ram, then the write fault breaks copy-on-write).
     /// </summary>
-    private Errno CheckWritesGranted(Span<GpuFaultRecord> faults, GpuSvmRange r, in GpuSvmContext svmCtx, ref int fatalIndex)
+    private Errno CheckWritesGranted(Span<GpuFaultRecord> faults, GpuSvmRange r, in GpuSvmContext svmCtx)
     {
         bool needRetry = false;
         for (int k = 0; k < faults.Length; k++)
@@ -154,10 +154,6 @@ public sealed partial class GpuContext
             }
             if (!VmaAllowsWrite(f.Address))
             {
-                if (fatalIndex < 0)
-                {
-                    fatalIndex = k;
-                }
                 return Errno.EPERM;
             }
             needRetry |= (pte & GpuPte.Vram) != 0;
@@ -338,8 +334,7 @@ public sealed partial class GpuContext
                         }
                         want = g;
                     }
-                    want.AndNot(thrashing);
-                    want.AndNot(resident);
+                    want.AndNot(resident); // thrashing pages still move when faulted; they are only never prefetched
                     if (want.IsEmpty)
                     {
                         continue;

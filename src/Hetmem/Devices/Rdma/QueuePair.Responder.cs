@@ -140,7 +140,12 @@ public sealed partial class QueuePair : IOdpFaultWaiter
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
+                // A bug (an invariant violation included): count it and answer, so the requester is not left waiting.
                 Device.ReportInternalError(ex);
+                if (!r.Malformed)
+                {
+                    Nak(r.Header.Psn, WireSyndrome.NAK_REMOTE_OPERATIONAL, Errno.EIO);
+                }
             }
             finally
             {

@@ -42,7 +42,7 @@ public sealed class MmuNotifierSubscriptions
     {
         get
         {
-            lock (_lock)
+            using (Locked())
             {
                 return _invalidateSeq;
             }
@@ -54,7 +54,7 @@ public sealed class MmuNotifierSubscriptions
     {
         get
         {
-            lock (_lock)
+            using (Locked())
             {
                 return _activeRanges;
             }
@@ -66,7 +66,7 @@ public sealed class MmuNotifierSubscriptions
     {
         get
         {
-            lock (_lock)
+            using (Locked())
             {
                 return _tree.Count;
             }
@@ -89,7 +89,7 @@ public sealed class MmuNotifierSubscriptions
     /// <summary>Checks the interval tree's ordering, balance and augmentation (tests).</summary>
     internal void ValidateTree()
     {
-        lock (_lock)
+        using (Locked())
         {
             _tree.Validate();
         }
@@ -100,7 +100,7 @@ public sealed class MmuNotifierSubscriptions
     {
         get
         {
-            lock (_lock)
+            using (Locked())
             {
                 return _tree.Height;
             }
@@ -108,6 +108,23 @@ public sealed class MmuNotifierSubscriptions
     }
 
     private void Warn() => Interlocked.Increment(ref _warnings);
+
+    /// <summary>Takes <c>_lock</c>, reporting it to the lock-order validator as <see cref="LockClass.NotifierSubscriptions"/>.</summary>
+    private LockScope Locked()
+    {
+        OrderedLock.Enter(LockClass.NotifierSubscriptions);
+        Monitor.Enter(_lock);
+        return new LockScope(_lock);
+    }
+
+    private readonly ref struct LockScope(object monitor)
+    {
+        public void Dispose()
+        {
+            Monitor.Exit(monitor);
+            OrderedLock.Exit(LockClass.NotifierSubscriptions);
+        }
+    }
 
     // ---- interval notifiers -------------------------------------------------------------------------------
 
@@ -118,7 +135,7 @@ public sealed class MmuNotifierSubscriptions
         {
             MmException.Throw(Errno.EINVAL, "cannot insert an interval notifier into a dead address space");
         }
-        lock (_lock)
+        using (Locked())
         {
             if (_activeRanges != 0)
             {
@@ -152,7 +169,7 @@ public sealed class MmuNotifierSubscriptions
         {
             throw new InvalidOperationException("mmu_interval_notifier_remove called from an invalidate callback of the same address space");
         }
-        lock (_lock)
+        using (Locked())
         {
             if (!sub._removed)
             {
@@ -187,7 +204,7 @@ public sealed class MmuNotifierSubscriptions
     /// <summary>kernel: mmu_interval_read_begin.</summary>
     internal long ReadBegin(MmuIntervalNotifier sub)
     {
-        lock (_lock)
+        using (Locked())
         {
             long seq = Volatile.Read(ref sub._seq);
             if (seq == _invalidateSeq)
@@ -238,7 +255,7 @@ public sealed class MmuNotifierSubscriptions
     private bool ItreeInvalidate(in MmuNotifierRange range)
     {
         long curSeq;
-        lock (_lock)
+        using (Locked())
         {
             _activeRanges++;
             if (_tree.Count == 0 || !_tree.AnyIntersecting(range.Start, range.End))
@@ -271,7 +288,7 @@ public sealed class MmuNotifierSubscriptions
     /// <summary>kernel: mn_itree_inv_end.</summary>
     private void ItreeEnd()
     {
-        lock (_lock)
+        using (Locked())
         {
             Debug.Assert(_activeRanges > 0, "invalidate_range_end without a start");
             if (--_activeRanges != 0)
@@ -357,7 +374,7 @@ public sealed class MmuNotifierSubscriptions
         {
             throw new InvalidOperationException("mmu_notifier_register called from a notifier callback of the same address space");
         }
-        lock (_lock)
+        using (Locked())
         {
             if (!_space.IsAlive)
             {
@@ -390,7 +407,7 @@ public sealed class MmuNotifierSubscriptions
     internal void Unregister(MmuNotifier n)
     {
         bool listed;
-        lock (_lock)
+        using (Locked())
         {
             listed = Array.IndexOf(_classic, n) >= 0;
         }
@@ -399,7 +416,7 @@ public sealed class MmuNotifierSubscriptions
             // Exactly one of exit and unregister delivers release; a release running on exit's side is waited for below.
             CallRelease(n);
         }
-        lock (_lock)
+        using (Locked())
         {
             int i = Array.IndexOf(_classic, n);
             if (i >= 0)
@@ -523,6 +540,7 @@ public sealed class MmuNotifierSubscriptions
     internal Errno InvalidateRangeStart(in MmuNotifierRange range)
     {
         Counters.Inc(Counter.InvalidateRangeStart);
+        TraceLog.Instant(TraceCategory.Invalidate, TraceNames.Of(range.Event), TraceArg.Address(range.Start), TraceArg.Bytes((long)(range.End - range.Start)));
         if (!ItreeInvalidate(range))
         {
             return Errno.EAGAIN;
@@ -594,7 +612,7 @@ public sealed class MmuNotifierSubscriptions
         {
             CallRelease(n);
         }
-        lock (_lock)
+        using (Locked())
         {
             classic = _classic;
             _classic = [];

@@ -44,8 +44,10 @@ public sealed class DaxNoRegressionTests : IDisposable
         {
             Assert.Equal(mem.ExpectedOrder, mr.TranslationOrder(mem.Address + Page.PmdSize));
         }
-        Assert.Equal(_bed.ServerMm.QueryPte(mem.Address + Page.PmdSize, out int cpuOrder).Pfn, mr.TranslatedPfn(mem.Address + Page.PmdSize));
-        Assert.Equal(cpuOrder, mr.TranslationOrder(mem.Address + Page.PmdSize));
+        ulong probe = mem.Address + Page.PmdSize + 3 * Page.Size;
+        ulong leafPfn = _bed.ServerMm.QueryPte(probe, out int cpuOrder).Pfn;
+        Assert.Equal(leafPfn + ((probe & (Page.Bytes(cpuOrder) - 1)) >> Page.Shift), mr.TranslatedPfn(probe));
+        Assert.Equal(cpuOrder, mr.TranslationOrder(probe));
         mr.Deregister();
     }
 
@@ -105,7 +107,7 @@ public sealed class DaxNoRegressionTests : IDisposable
         {
             FileHandle f = fs.Create("log");
             f.Truncate(4 * MappedMemory.Mib);
-            addr = _bed.ServerMm.Mmap(0, 4 * MappedMemory.Mib, Prot.Read | Prot.Write, MapFlags.Shared, f.Inode, 0, FileAccess.ReadWrite);
+            addr = _bed.ServerMm.Mmap(MappedMemory.AlignedHint(_bed.ServerMm, 4 * MappedMemory.Mib, Page.PmdSize), 4 * MappedMemory.Mib, Prot.Read | Prot.Write, MapFlags.Shared, f.Inode, 0, FileAccess.ReadWrite);
             MemoryRegion mr = _bed.ServerPd.RegMr(addr, 4 * MappedMemory.Mib, Odp);
             Assert.Equal(WcStatus.SUCCESS, _bed.Write(addr + Page.PmdSize - 5000, mr.Rkey, data));
             Assert.Equal(WcStatus.SUCCESS, _bed.Flush(addr + Page.PmdSize - 5000, mr.Rkey, (ulong)data.Length));
@@ -135,7 +137,7 @@ public sealed class DaxNoRegressionTests : IDisposable
         using DaxFileSystem fs = DaxFileSystem.Format(ns);
         using FileHandle a = fs.Create("a");
         WriteTagged(a, 0, fileBytes, tagA);
-        ulong va = _bed.ServerMm.Mmap(0, fileBytes, Prot.Read | Prot.Write, MapFlags.Shared, a.Inode, 0, FileAccess.ReadWrite);
+        ulong va = _bed.ServerMm.Mmap(MappedMemory.AlignedHint(_bed.ServerMm, fileBytes, Page.PmdSize), fileBytes, Prot.Read | Prot.Write, MapFlags.Shared, a.Inode, 0, FileAccess.ReadWrite);
         var mr = (OdpRegionBase)_bed.ServerPd.RegMr(va, fileBytes, Odp);
         Assert.Equal(WcStatus.SUCCESS, _bed.Read(va, mr.Rkey, 8).Status);
         Assert.Equal(Page.PmdOrder, mr.TranslationOrder(va));

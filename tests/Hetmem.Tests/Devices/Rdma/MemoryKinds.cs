@@ -78,7 +78,8 @@ internal sealed class MappedMemory : IDisposable
                 FileHandle f = Own(DaxFs.Create("data"));
                 File = (DaxFile)f.Inode;
                 f.Truncate(fileBytes);
-                Address = mm.Mmap(0, fileBytes, Prot.Read | Prot.Write, MapFlags.Shared, f.Inode, 0, FileAccess.ReadWrite);
+                Address = mm.Mmap(AlignedHint(mm, fileBytes, kind == MemoryKind.DaxPud ? Page.PudSize : Page.PmdSize), fileBytes,
+                    Prot.Read | Prot.Write, MapFlags.Shared, f.Inode, 0, FileAccess.ReadWrite);
                 Handle = f;
                 break;
             }
@@ -110,6 +111,17 @@ internal sealed class MappedMemory : IDisposable
         MemoryKind.DaxPud => Page.PudOrder,
         _ => -1,
     };
+
+    /// <summary>
+    /// A free address aligned to <paramref name="align"/> for <paramref name="bytes"/> (what user space does by hand, and
+    /// what the kernel's thp_get_unmapped_area does for DAX files): reserve a larger range, pick the aligned part, free it.
+    /// </summary>
+    public static ulong AlignedHint(AddressSpace mm, ulong bytes, ulong align)
+    {
+        ulong r = mm.Mmap(0, bytes + align, Prot.None, MapFlags.Private | MapFlags.Anonymous | MapFlags.NoReserve);
+        mm.Munmap(r, bytes + align);
+        return Page.AlignUp(r, align);
+    }
 
     private T Own<T>(T d) where T : IDisposable
     {

@@ -1,6 +1,4 @@
-using System.Net.Sockets;
 using Hetmem.Devices.Rdma;
-using Hetmem.Mm;
 using Hetmem.Physical;
 using static Hetmem.Tests.Devices.Rdma.RdmaTestBed;
 
@@ -335,5 +333,39 @@ public sealed class QueuePairTests : IDisposable
     {
         Assert.Equal(WcStatus.SUCCESS, _bed.Read(0x1234, 0, 0).Status);
         Assert.Equal(WcStatus.SUCCESS, _bed.Write(0x1234, 0, []));
+    }
+}
+
+public sealed class LoopbackTests
+{
+    [Fact]
+    public void TwoDevicesInOneProcessReadEachOthersMemoryInBothDirectionsAtOnce()
+    {
+        using var bed = new RdmaTestBed();
+        const int bytes = 4 << 20;
+        const AccessFlags access = AccessFlags.LOCAL_WRITE | AccessFlags.REMOTE_READ | AccessFlags.REMOTE_WRITE | AccessFlags.ON_DEMAND;
+        ulong srv = bed.MapServer(2 * (ulong)bytes);
+        MemoryRegion srvMr = bed.ServerPd.RegMr(srv, 2 * (ulong)bytes, access);
+        byte[] srvData = Pattern(bytes, 11);
+        byte[] cliData = Pattern(bytes, 12);
+        bed.ServerCpu.Write(srv, srvData);
+        bed.ClientCpu.Write(bed.ClientBuf + (ulong)bytes, cliData);
+        var cliMr = bed.ClientPd.RegMr(bed.ClientBuf, RdmaTestBed.ClientBufBytes, access);
+        for (int round = 0; round < 3; round++)
+        {
+            // Both responders stream 4 MiB READ responses while both requesters wait: neither side may block the other.
+            bed.ClientQp.PostSend(new SendWr { WrId = 1, Opcode = WrOpcode.RDMA_READ, SendFlags = SendFlags.SIGNALED, SgList = [new Sge(bed.ClientBuf, bytes, bed.ClientMr.Lkey)], RemoteAddr = srv, Rkey = srvMr.Rkey });
+            bed.ServerQp.PostSend(new SendWr { WrId = 2, Opcode = WrOpcode.RDMA_READ, SendFlags = SendFlags.SIGNALED, SgList = [new Sge(srv + (ulong)bytes, bytes, srvMr.Lkey)], RemoteAddr = bed.ClientBuf + (ulong)bytes, Rkey = cliMr.Rkey });
+            WorkCompletion a = bed.ClientCq.Wait(WaitTime);
+            WorkCompletion b = bed.ServerCq.Wait(WaitTime);
+            Assert.Equal((1UL, WcStatus.SUCCESS, (uint)bytes), (a.WrId, a.Status, a.ByteLen));
+            Assert.Equal((2UL, WcStatus.SUCCESS, (uint)bytes), (b.WrId, b.Status, b.ByteLen));
+        }
+        byte[] got = new byte[bytes];
+        bed.ClientCpu.Read(bed.ClientBuf, got);
+        Assert.Equal(srvData, got);
+        bed.ServerCpu.Read(srv + (ulong)bytes, got);
+        Assert.Equal(cliData, got);
+        Assert.NotEqual(bed.ServerDev.LocalEndPoint.Port, bed.ClientDev.LocalEndPoint.Port);
     }
 }
