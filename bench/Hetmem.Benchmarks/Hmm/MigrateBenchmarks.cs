@@ -1,5 +1,4 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Engines;
 using Hetmem.Cli.Bench;
 
 namespace Hetmem.Benchmarks.Hmm;
@@ -10,7 +9,9 @@ namespace Hetmem.Benchmarks.Hmm;
 /// ≥ 8 GB/s). Budget: 0 B (one MigrateVma and its arrays are reused for every chunk).
 /// </summary>
 [MemoryDiagnoser]
-[SimpleJob(RunStrategy.Monitoring, invocationCount: 1, warmupCount: 1, iterationCount: 10)]
+[InvocationCount(1)]
+[WarmupCount(1)]
+[IterationCount(10)]
 public class MigrateBenchmarks
 {
     private const ulong Bytes = 64UL << 20;

@@ -1,5 +1,4 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Engines;
 using Hetmem.Cli.Bench;
 
 namespace Hetmem.Benchmarks.Mm;
@@ -11,7 +10,9 @@ namespace Hetmem.Benchmarks.Mm;
 /// Budget: 0 B for the CPU-store path.
 /// </summary>
 [MemoryDiagnoser]
-[SimpleJob(RunStrategy.Monitoring, invocationCount: 1, warmupCount: 2, iterationCount: 15)]
+[InvocationCount(1)]
+[WarmupCount(2)]
+[IterationCount(15)]
 public class AnonFaultBenchmarks
 {
     private const int Pages = 4096;

@@ -1,5 +1,4 @@
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Engines;
 using Hetmem.Cli.Bench;
 
 namespace Hetmem.Benchmarks.Mm;
@@ -10,7 +9,9 @@ namespace Hetmem.Benchmarks.Mm;
 /// without mirrors is ≈ 120 ns). Each iteration maps, populates and mirrors the range again.
 /// </summary>
 [MemoryDiagnoser]
-[SimpleJob(RunStrategy.Monitoring, invocationCount: 1, warmupCount: 2, iterationCount: 15)]
+[InvocationCount(1)]
+[WarmupCount(2)]
+[IterationCount(15)]
 public class MunmapBenchmarks
 {
     private const int Pages = 4096;
@@ -26,10 +27,7 @@ public class MunmapBenchmarks
     public void MapForUnmap() => _fx.Map();
 
     [IterationSetup(Target = nameof(MprotectMirrored))]
-    public void MapForProtect()
-    {
-        _fx.Map();
-    }
+    public void MapForProtect() => _fx.Map();
 
     [IterationCleanup(Target = nameof(MprotectMirrored))]
     public void UnmapAfterProtect() => _fx.Unmap();

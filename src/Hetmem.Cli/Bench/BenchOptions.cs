@@ -16,6 +16,7 @@ public sealed class BenchOptions
         Cancellation = cancellation;
         Pages = quick ? 4096 : 16384;
         Repetitions = quick ? 5 : 15;
+        WarmupTime = TimeSpan.FromMilliseconds(quick ? 300 : 1000);
     }
 
     /// <summary>The parsed options (<c>--ram</c>, <c>--dax-dir</c>, <c>--seed</c>).</summary>
@@ -27,8 +28,14 @@ public sealed class BenchOptions
     /// <summary>Pages a measurement should touch (4096 = 16 MiB quick, 16384 = 64 MiB full).</summary>
     public int Pages { get; init; }
 
-    /// <summary>Timed repetitions after one warm-up.</summary>
+    /// <summary>Timed repetitions after the warm-up.</summary>
     public int Repetitions { get; init; }
+
+    /// <summary>
+    /// How long <see cref="Median"/> keeps warming up (at least one untimed run): long enough for tiered compilation to
+    /// replace first-call code with optimised code, as BenchmarkDotNet's warm-up does.
+    /// </summary>
+    public TimeSpan WarmupTime { get; init; }
 
     /// <summary>Cancelled when the user interrupts the run.</summary>
     public CancellationToken Cancellation { get; }
@@ -36,11 +43,20 @@ public sealed class BenchOptions
     /// <summary>The seed (<c>--seed</c>).</summary>
     public int Seed => Settings.Seed;
 
-    /// <summary>Runs <paramref name="sample"/> once to warm up, then <see cref="Repetitions"/> times, and returns the median.</summary>
+    /// <summary>
+    /// Runs <paramref name="sample"/> untimed until <see cref="WarmupTime"/> has passed (at least once), then
+    /// <see cref="Repetitions"/> times, and returns the median of those.
+    /// </summary>
     public double Median(Func<double> sample)
     {
         ArgumentNullException.ThrowIfNull(sample);
-        sample();
+        long warm = Stopwatch.GetTimestamp();
+        do
+        {
+            Cancellation.ThrowIfCancellationRequested();
+            sample();
+        }
+        while (Stopwatch.GetElapsedTime(warm) < WarmupTime);
         var v = new double[Math.Max(1, Repetitions)];
         for (int i = 0; i < v.Length; i++)
         {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Hetmem.Cli.Rendering;
 using Hetmem.Cli.Selftests;
+using Hetmem.Cli.Workloads;
 
 namespace Hetmem.Cli.Commands;
 
@@ -47,7 +48,12 @@ internal static class SelftestCommand
     public static int Run(CliApp app, CommandSession session, IReadOnlyList<SelftestCase> cases)
     {
         TextWriter? tap = session.Settings.Json ? null : app.Io.Out;
-        SelftestSummary summary = SelftestRegistry.Run(cases, () => session.NewContext(), tap, session.Cancellation);
+        SelftestSummary summary = SelftestRegistry.Run(cases, () =>
+        {
+            WorkloadContext ctx = session.NewContext();
+            ctx.Comments = tap; // self-tests write "# " comment lines into the TAP stream
+            return ctx;
+        }, tap, session.Cancellation);
         IReadOnlyList<string> notes = session.Finish();
         if (session.Settings.Json)
         {

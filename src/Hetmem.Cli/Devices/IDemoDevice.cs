@@ -37,6 +37,27 @@ internal interface IDemoDevice : IDisposable
     /// <summary>Invalidations of <paramref name="kind"/> the device received so far.</summary>
     long Invalidations(MmuNotifierEvent kind);
 
+    /// <summary>
+    /// The device reads the 8-byte words at <paramref name="offsets"/> of the page at <paramref name="page"/> (one device
+    /// access a page where the device can do better than a word at a time).
+    /// </summary>
+    Errno ReadWords(ulong page, ReadOnlySpan<ulong> offsets, Span<long> values)
+    {
+        for (int i = 0; i < offsets.Length; i++)
+        {
+            Errno e = ReadInt64(page + offsets[i], out long v);
+            if (e != Errno.Ok)
+            {
+                return e;
+            }
+            values[i] = v;
+        }
+        return Errno.Ok;
+    }
+
+    /// <summary>How many of the device's translations in [start, end) come from 2 MiB CPU entries, in 2 MiB units; -1 when the device cannot tell.</summary>
+    long HugeEntries(ulong start, ulong end) => -1;
+
     /// <summary>Rows for the device's table: (metric, value).</summary>
     IReadOnlyList<(string Metric, string Value)> Stats();
 }

@@ -5,15 +5,18 @@ using Hetmem.Physical;
 
 namespace Hetmem.Cli.Selftests;
 
-/// <summary>The self-tests that need only the layers that exist so far (physical memory, DAX, diagnostics, host).</summary>
+/// <summary>
+/// Hetmem's own self-tests of the layers below the kernel suite (physical memory, DAX namespaces, diagnostics, the
+/// host's madvise support), named <c>hetmem.*</c> so they are never mistaken for ported kernel cases.
+/// </summary>
 internal static class BuiltinSelftests
 {
     public static void Register(SelftestRegistry r)
     {
-        r.Add("physical.frame_metadata_fits_32_bytes", () =>
+        r.Add("hetmem.physical.frame_metadata_fits_32_bytes", () =>
             Selftest.Assert(PhysicalMemory.FrameMetadataBytes <= 32, $"{PhysicalMemory.FrameMetadataBytes} bytes a frame"));
 
-        r.Add("physical.bad_ram_size_is_einval", () =>
+        r.Add("hetmem.physical.bad_ram_size_is_einval", () =>
         {
             try
             {
@@ -26,7 +29,7 @@ internal static class BuiltinSelftests
             Selftest.Assert(false, "a 3 MiB arena was accepted");
         });
 
-        r.Add("physical.alloc_free_balances", ctx =>
+        r.Add("hetmem.physical.alloc_free_balances", ctx =>
         {
             PhysicalMemory mem = ctx.Memory;
             long before = mem.FreeFrames;
@@ -44,7 +47,7 @@ internal static class BuiltinSelftests
             Selftest.Assert(mem.FreeFrames == before, $"{mem.FreeFrames} free, expected {before}");
         });
 
-        r.Add("physical.order9_is_naturally_aligned", ctx =>
+        r.Add("hetmem.physical.order9_is_naturally_aligned", ctx =>
         {
             PhysicalMemory mem = ctx.Memory;
             ulong p = mem.Allocate(PhysicalMemory.MaxOrder);
@@ -53,7 +56,7 @@ internal static class BuiltinSelftests
             mem.Put(p);
         });
 
-        r.Add("physical.exhaustion_returns_nopfn", ctx =>
+        r.Add("hetmem.physical.exhaustion_returns_nopfn", ctx =>
         {
             PhysicalMemory mem = ctx.Memory;
             var held = new List<ulong>();
@@ -70,7 +73,7 @@ internal static class BuiltinSelftests
             Selftest.Assert(mem.UsedFrames == 0, $"{mem.UsedFrames} frames still used");
         });
 
-        r.Add("physical.device_private_map_needs_owner_and_ops", ctx =>
+        r.Add("hetmem.physical.device_private_map_needs_owner_and_ops", ctx =>
         {
             try
             {
@@ -86,7 +89,7 @@ internal static class BuiltinSelftests
             Selftest.Assert(false, "a device-private map without owner or ops was accepted");
         });
 
-        r.Add("dax.data_persists_across_reopen", ctx =>
+        r.Add("hetmem.dax.data_persists_across_reopen", ctx =>
         {
             string path = Path.Combine(ctx.DaxDirectory, "selftest.dax");
             File.Delete(path);
@@ -107,7 +110,7 @@ internal static class BuiltinSelftests
             }
         });
 
-        r.Add("diagnostics.trace_exports_perfetto_json", () =>
+        r.Add("hetmem.diagnostics.trace_exports_perfetto_json", () =>
         {
             if (TraceLog.Enabled)
             {
@@ -141,7 +144,7 @@ internal static class BuiltinSelftests
                 && e.GetProperty("args").GetProperty("name").GetString() == "selftest-dev0"), "the device track has no thread_name");
         });
 
-        r.Add("diagnostics.lock_order_rejects_inversion", () =>
+        r.Add("hetmem.diagnostics.lock_order_rejects_inversion", () =>
         {
             bool was = OrderedLock.ValidationEnabled;
             OrderedLock.ValidationEnabled = true;
@@ -169,7 +172,7 @@ internal static class BuiltinSelftests
             }
         });
 
-        r.Add("host.madvise_populate_is_supported", ctx =>
+        r.Add("hetmem.host.madvise_populate_is_supported", ctx =>
         {
             var o = new BenchOptions(ctx.Settings, quick: true);
             try

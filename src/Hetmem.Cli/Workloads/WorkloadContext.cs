@@ -87,6 +87,12 @@ public sealed class WorkloadContext : IDisposable
     /// <summary>True when DAX files outlive the run (<c>--dax-dir</c> was given).</summary>
     public bool KeepsDaxFiles => Settings.DaxDir is not null;
 
+    /// <summary>
+    /// Where a self-test writes diagnostic lines that belong in the output as TAP comments (benchmark tables, child
+    /// failures); each line must start with <c>"# "</c>. Null when they are not wanted (<c>--json</c>, workloads).
+    /// </summary>
+    public TextWriter? Comments { get; set; }
+
     /// <summary>Where the workload reports its phases (progress bars on a terminal); ignores everything by default.</summary>
     public IWorkloadProgress Progress { get; set; } = NullWorkloadProgress.Instance;
 

@@ -939,19 +939,41 @@ public sealed unsafe partial class AddressSpace
         }
     }
 
-    /// <summary>A CPU access to a device-exclusive entry restores the original mapping inside a CLEAR bracket (kernel: remove_device_exclusive_entry).</summary>
+    /// <summary>
+    /// A CPU access to a device-exclusive entry restores the original mapping (kernel: remove_device_exclusive_entry):
+    /// it takes a reference and the frame lock first, so it waits while the device holds the page locked, then
+    /// restores the entry inside a CLEAR bracket if it is still the same.
+    /// </summary>
     private VmFault RestoreExclusive(Vma vma, ulong addr, ulong* pte, Pte e)
     {
-        var range = new MmuNotifierRange(this, addr, addr + Page.Size, MmuNotifierEvent.Clear);
-        Notifiers.InvalidateRangeStart(range);
-        lock (PtlFor(pte))
+        ulong pfn = e.Pfn;
+        if (!Memory.TryGet(pfn))
         {
-            if (*pte == e.Value)
-            {
-                *pte = Pte.Make(e.Pfn, e.SwapWritable && (vma.Flags & VmFlags.Write) != 0, Pte.Dirty).Value;
-            }
+            return VmFault.Retry;
         }
-        Notifiers.InvalidateRangeEnd(range);
-        return VmFault.Retry;
+        Memory.LockFrame(pfn);
+        try
+        {
+            if (Volatile.Read(ref *pte) != e.Value)
+            {
+                return VmFault.Retry;
+            }
+            var range = new MmuNotifierRange(this, addr, addr + Page.Size, MmuNotifierEvent.Clear);
+            Notifiers.InvalidateRangeStart(range);
+            lock (PtlFor(pte))
+            {
+                if (*pte == e.Value)
+                {
+                    *pte = Pte.Make(pfn, e.SwapWritable && (vma.Flags & VmFlags.Write) != 0, Pte.Dirty).Value;
+                }
+            }
+            Notifiers.InvalidateRangeEnd(range);
+            return VmFault.Retry;
+        }
+        finally
+        {
+            Memory.UnlockFrame(pfn);
+            Memory.Put(pfn);
+        }
     }
 }

@@ -14,28 +14,50 @@ public sealed unsafe partial class AddressSpace
     /// <exception cref="MmException">EINVAL when this space has exited; ENOMEM when page tables cannot be allocated.</exception>
     public AddressSpace Fork()
     {
-        var child = new AddressSpace(Memory, Swap) { DefaultHugetlb = DefaultHugetlb };
         using (MmapLock.Write())
         {
             ThrowIfDead();
-            foreach (Vma v in Vmas.All.ToArray())
+            var child = new AddressSpace(Memory, Swap) { DefaultHugetlb = DefaultHugetlb };
+            try
             {
-                var cv = new Vma(child, v.Start, v.End, v.Flags, v.Kind, v.File, v.Pgoff, v.Anon is null ? null : new AnonVma());
-                child.Vmas.Insert(cv);
-                cv.File?.Mappings.Add(cv);
-                HoldFile(cv.File, 1);
-                bool copy = !v.IsShared && (v.Kind is VmaKind.Anonymous or VmaKind.File or VmaKind.Dax or VmaKind.HugeTlb) || v.Kind is VmaKind.PfnMap or VmaKind.MixedMap;
-                if (!copy)
-                {
-                    continue;
-                }
-                bool cow = !v.IsShared && (v.Flags & VmFlags.MayWrite) != 0 && v.Kind is not VmaKind.PfnMap;
-                var range = new MmuNotifierRange(this, v.Start, v.End, MmuNotifierEvent.ProtectionPage);
-                if (cow)
-                {
-                    Notifiers.InvalidateRangeStart(range);
-                }
-                bool flush = CopyRange(child, v, cv, cow);
+                ForkLocked(child);
+            }
+            catch
+            {
+                child.Exit();
+                throw;
+            }
+            return child;
+        }
+    }
+
+    /// <summary>dup_mmap with the mmap write lock held: copies every VMA and its entries into <paramref name="child"/>.</summary>
+    private void ForkLocked(AddressSpace child)
+    {
+        foreach (Vma v in Vmas.All.ToArray())
+        {
+            var cv = new Vma(child, v.Start, v.End, v.Flags, v.Kind, v.File, v.Pgoff, v.Anon is null ? null : new AnonVma());
+            child.Vmas.Insert(cv);
+            cv.File?.Mappings.Add(cv);
+            HoldFile(cv.File, 1);
+            bool copy = !v.IsShared && (v.Kind is VmaKind.Anonymous or VmaKind.File or VmaKind.Dax or VmaKind.HugeTlb) || v.Kind is VmaKind.PfnMap or VmaKind.MixedMap;
+            if (!copy)
+            {
+                continue;
+            }
+            bool cow = !v.IsShared && (v.Flags & VmFlags.MayWrite) != 0 && v.Kind is not VmaKind.PfnMap;
+            var range = new MmuNotifierRange(this, v.Start, v.End, MmuNotifierEvent.ProtectionPage);
+            if (cow)
+            {
+                Notifiers.InvalidateRangeStart(range);
+            }
+            bool flush = true;   // stays set if the copy throws half-way: entries may already be write-protected
+            try
+            {
+                flush = CopyRange(child, v, cv, cow);
+            }
+            finally
+            {
                 if (flush)
                 {
                     FlushTlb();
@@ -46,7 +68,6 @@ public sealed unsafe partial class AddressSpace
                 }
             }
         }
-        return child;
     }
 
     private bool CopyRange(AddressSpace child, Vma v, Vma cv, bool cow)

@@ -248,17 +248,19 @@ public sealed unsafe partial class AddressSpace
         {
             MmException.Throw(Errno.ENOMEM, "msync: range wraps");
         }
+        if (len == 0)
+        {
+            return;
+        }
         using (MmapLock.Read())
         {
+            ThrowIfDead();
             ulong cursor = address;
+            bool unmapped = false;
             foreach (Vma v in Vmas.Snapshot(address, end))
             {
-                bool hole = v.Start > cursor;
+                unmapped |= v.Start > cursor;   // kernel: remembered, the rest is still synced
                 cursor = v.End;
-                if (hole)
-                {
-                    MmException.Throw(Errno.ENOMEM, "msync: part of the range is not mapped");
-                }
                 if (!v.IsShared || v.File is null)
                 {
                     continue;
@@ -270,9 +272,9 @@ public sealed unsafe partial class AddressSpace
                     inode.Fsync();
                 }
             }
-            if (cursor < end && length != 0)
+            if (unmapped || cursor < end)
             {
-                MmException.Throw(Errno.ENOMEM, "msync: part of the range is not mapped");
+                MmException.Throw(Errno.ENOMEM, $"msync: part of [0x{address:x}, 0x{end:x}) is not mapped");
             }
         }
     }

@@ -6,8 +6,12 @@ namespace Hetmem.Mm;
 /// <summary>mmap and the VMA bookkeeping shared by the system calls (kernel: mm/mmap.c, mm/vma.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
+    // Kernel: LEGACY_MAP_MASK (plus MAP_FIXED_NOREPLACE): the flags MAP_SHARED_VALIDATE accepts besides MAP_SYNC.
+    // Raw x86-64 values for the ones Hetmem ignores: 32BIT 0x40, GROWSDOWN 0x100, DENYWRITE 0x800, EXECUTABLE 0x1000,
+    // LOCKED 0x2000, NONBLOCK 0x10000, STACK 0x20000, UNINITIALIZED 0x4000000, HUGE_2MB 0x54000000, HUGE_1GB 0x78000000.
     private const MapFlags KnownLegacyFlags = MapFlags.SharedValidate | MapFlags.Fixed | MapFlags.Anonymous | MapFlags.NoReserve
-        | MapFlags.Populate | MapFlags.HugeTlb | MapFlags.FixedNoReplace;
+        | MapFlags.Populate | MapFlags.HugeTlb | MapFlags.FixedNoReplace
+        | (MapFlags)(0x40 | 0x100 | 0x800 | 0x1000 | 0x2000 | 0x10000 | 0x20000 | 0x4000000 | 0x54000000 | 0x78000000);
 
     /// <summary>
     /// Maps memory (kernel: mmap). Anonymous when <paramref name="flags"/> has MAP_ANONYMOUS (then

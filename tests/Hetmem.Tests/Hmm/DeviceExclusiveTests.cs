@@ -221,4 +221,36 @@ public unsafe class DeviceExclusiveTests
         mm.Exit();
         Assert.Equal(before, mem.UsedFrames);
     }
+    [Fact]
+    public void ACpuAccessWaitsUntilTheDeviceUnlocksTheExclusivePage()
+    {
+        using var mem = new PhysicalMemory(64 * Mib);
+        var mm = new AddressSpace(mem);
+        ulong a = mm.Mmap(0, Page.Size, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+        using (var cpu = new Cpu(mm))
+        {
+            cpu.Write(a, 1L);
+        }
+        Assert.Equal(Errno.Ok, MakeExclusive(mm, a, out ulong pfn));
+        // The device still holds the page locked (mapping it): exclusivity is guaranteed until it unlocks.
+        long seen = 0;
+        var reader = new Thread(() =>
+        {
+            using var cpu = new Cpu(mm);
+            Volatile.Write(ref seen, cpu.Read<long>(a));
+        });
+        reader.Start();
+        Thread.Sleep(50);
+        Pte during = EntryAt(mm, a);
+        *(long*)mem.Address(pfn) = 2; // the device's atomic, still inside its exclusive window
+        mem.UnlockFrame(pfn);
+        mem.Put(pfn);
+        reader.Join();
+        Assert.True(during.SwapType == SwapEntryType.DeviceExclusive,
+            $"the CPU revoked exclusivity while the device held the page locked (entry {during}): "
+            + "AddressSpace.RestoreExclusive (Mm/AddressSpace.Fault.cs) must take the frame lock (kernel: folio_lock in "
+            + "remove_device_exclusive_entry) before restoring the PTE");
+        Assert.Equal(2L, Volatile.Read(ref seen));
+        mm.Exit();
+    }
 }

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Hetmem.Hmm;
 using Hetmem.Mm;
 using Hetmem.Physical;
@@ -30,7 +31,7 @@ public sealed class HmmDocExamplesTests
             for (int i = 0; i < range.PageCount; i++)
             {
                 ulong e = range.HmmPfns[i];
-                Spte[(range.Start - Start >> Page.Shift) + (ulong)i] = HmmPfn.Has(e, HmmPfnFlags.Valid) ? e : 0;
+                Spte[((range.Start - Start) >> Page.Shift) + (ulong)i] = HmmPfn.Has(e, HmmPfnFlags.Valid) ? e : 0;
             }
             return Errno.Ok;
         }
@@ -201,5 +202,28 @@ public sealed class HmmDocExamplesTests
         // END EXAMPLE
         dev.Notifier.Remove();
         mm.Exit();
+    }
+
+    [Fact]
+    public void EveryCodeBlockOfTheHmmDocIsInThisFileVerbatim()
+    {
+        string? root = AppContext.BaseDirectory;
+        while (root is not null && !File.Exists(Path.Combine(root, "docs", "hmm.md")))
+        {
+            root = Path.GetDirectoryName(root);
+        }
+        Assert.True(root is not null, "docs/hmm.md not found above the test binaries");
+        string source = Directory.EnumerateFiles(Path.Combine(root, "tests"), nameof(HmmDocExamplesTests) + ".cs", SearchOption.AllDirectories).First();
+        string[] code = File.ReadAllLines(source).Select(l => l.Trim()).ToArray();
+        string doc = File.ReadAllText(Path.Combine(root, "docs", "hmm.md"));
+        MatchCollection blocks = Regex.Matches(doc, "```csharp\\n(.*?)```", RegexOptions.Singleline);
+        Assert.True(blocks.Count >= 5, $"only {blocks.Count} C# blocks in docs/hmm.md");
+        foreach (Match m in blocks)
+        {
+            string[] lines = m.Groups[1].Value.Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
+            string[] nonEmpty = code.Where(l => l.Length > 0).ToArray();
+            bool found = Enumerable.Range(0, nonEmpty.Length - lines.Length + 1).Any(i => lines.SequenceEqual(nonEmpty.Skip(i).Take(lines.Length)));
+            Assert.True(found, $"docs/hmm.md block starting \"{lines[0]}\" is not in {source}");
+        }
     }
 }

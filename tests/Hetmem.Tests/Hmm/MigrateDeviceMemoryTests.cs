@@ -255,9 +255,8 @@ public unsafe class MigrateDeviceMemoryTests
         mm.Munmap(a + Mib, Mib);
         e = mm.Lookup(a + 5 * Page.Size, out order, out _);
         Assert.True(order == 0 && e.SwapType == SwapEntryType.DevicePrivate,
-            $"after the partial munmap the kept half must be PTE-level device-private entries, found {e} at order {order}: "
-            + "AddressSpace.SplitHugeAtLocked (Mm/AddressSpace.Mmap.cs) zaps a PMD-level device-private/migration entry at a VMA "
-            + "split instead of splitting it (its condition needs `me.MapsPage || me.SwapType is Migration or DevicePrivate`)");
+            $"after the partial munmap the kept half must be PTE-level device-private entries, found {e} at order {order} "
+            + "(AddressSpace.SplitHugeAtLocked must split a PMD-level device-private/migration entry at a VMA boundary, not zap it)");
         Check(cpu, a, 256, 1);
         cpu.Dispose();
         mm.Exit();

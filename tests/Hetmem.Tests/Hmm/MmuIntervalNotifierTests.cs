@@ -272,6 +272,25 @@ public sealed class MmuIntervalNotifierTests : IDisposable
     }
 
     [Fact]
+    public void ReadBeginFromACallbackThatWouldWaitForItselfIsRejected()
+    {
+        InvalidOperationException? seen = null;
+        var ops = new CallbackOps((MmuIntervalNotifier sub, in MmuNotifierRange r, long cur) =>
+        {
+            sub.SetSeq(cur);
+            seen = Assert.Throws<InvalidOperationException>(() => sub.ReadBegin());
+            return true;
+        });
+        var s = MmuIntervalNotifier.Insert(_mm, 0x100000, 0x1000, ops);
+        var range = Range(_mm, 0x100000, 0x101000);
+        N.InvalidateRangeStart(range);
+        N.InvalidateRangeEnd(range);
+        Assert.NotNull(seen);
+        Assert.Equal(3, s.ReadBegin());
+        s.Remove();
+    }
+
+    [Fact]
     public void ANonBlockableStartThatACallbackRefusesFailsWithEagainAndClosesTheBracketItself()
     {
         var refusing = new RecordingOps { Refuse = true };

@@ -146,6 +146,24 @@ public sealed class MmuNotifierTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void RegisteringWaitsUntilNoInvalidationIsInFlightSoItNeverSeesAnEndWithoutItsStart()
+    {
+        var mm = new AddressSpace(_mem);
+        var r = Range(mm, 0x100000, 0x101000);
+        Assert.Equal(Errno.Ok, mm.Notifiers.InvalidateRangeStart(r));
+        var n = new PairChecker();
+        Thread reg = Start(() => mm.RegisterNotifier(n), "register");
+        StaysBlocked(reg, "a classic notifier was registered in the middle of an invalidation");
+        mm.Notifiers.InvalidateRangeEnd(r);
+        Join(reg);
+        Assert.Equal((0, 0), (n.Pairs, n.Open));
+        Assert.Equal(Errno.Ok, mm.Notifiers.InvalidateRangeStart(r));
+        mm.Notifiers.InvalidateRangeEnd(r);
+        Assert.Equal((1, 0), (n.Pairs, n.Open));
+        mm.Exit();
+    }
+
+    [Fact]
     public void AReleaseCallbackMayUnregisterItsOwnSubscription()
     {
         var mm = new AddressSpace(_mem);

@@ -24,17 +24,36 @@ internal static class ScenarioKit
     public static long VerifyDevice(IDemoDevice dev, DemoRegion reg, ulong first, ulong end)
     {
         long n = 0;
+        Span<long> values = stackalloc long[DemoRegion.WordOffsets.Length];
         for (ulong p = first; p < end; p++)
         {
-            for (int w = 0; w < DemoRegion.WordOffsets.Length; w++)
+            Errno e = dev.ReadWords(reg.PageAddress(p), DemoRegion.WordOffsets, values);
+            Require(e, $"{dev.Name} read of {reg.Name} page {p}");
+            for (int w = 0; w < values.Length; w++)
             {
-                Errno e = dev.ReadInt64(reg.WordAddress(p, w), out long v);
-                Require(e, $"{dev.Name} read of {reg.Name} page {p}");
-                WorkloadResult.Require(v == reg.Expected(p, w), $"{dev.Name}: {reg.Name} page {p} word {w} = 0x{v:x}, expected 0x{reg.Expected(p, w):x}");
+                WorkloadResult.Require(values[w] == reg.Expected(p, w), $"{dev.Name}: {reg.Name} page {p} word {w} = 0x{values[w]:x}, expected 0x{reg.Expected(p, w):x}");
                 n++;
             }
         }
         return n;
+    }
+
+    /// <summary>
+    /// Invalidations of <paramref name="kind"/> the device received since it reported <paramref name="before"/>; null when
+    /// the device does not count them by kind (then only its translations are checked).
+    /// </summary>
+    public static long? Since(IDemoDevice dev, MmuNotifierEvent kind, long before)
+    {
+        long now = dev.Invalidations(kind);
+        return now < 0 || before < 0 ? null : now - before;
+    }
+
+    /// <summary>Fails the running check unless the device saw at least one <paramref name="kind"/> invalidation (or does not count them).</summary>
+    public static string RequireInvalidated(IDemoDevice dev, MmuNotifierEvent kind, long before)
+    {
+        long? n = Since(dev, kind, before);
+        WorkloadResult.Require(n is null || n > 0, $"no {MiniMirror.EventName(kind).ToUpperInvariant()} invalidation reached {dev.Name}");
+        return n is null ? "translations checked" : $"{n} {MiniMirror.EventName(kind).ToUpperInvariant()} invalidations";
     }
 
     public static void Require(Errno e, string what) => WorkloadResult.Require(e == Errno.Ok, $"{what}: {e}");

@@ -40,15 +40,13 @@ public sealed unsafe partial class GpuDevice
     }
 
     /// <summary>
-    /// One bottom-half run: garbage-collect unmapped SVM ranges, serve access-counter notifications, then fetch and
-    /// service batches until the buffer is empty or <see cref="GpuDeviceOptions.MaxBatchesPerService"/> were done.
+    /// One bottom-half run: serve access-counter notifications, then fetch and service batches until the buffer is empty
+    /// or <see cref="GpuDeviceOptions.MaxBatchesPerService"/> were done; unmapped SVM ranges are garbage-collected
+    /// before each batch.
     /// </summary>
     private void ServiceOnce()
     {
-        foreach (GpuContext? c in Volatile.Read(ref _contexts))
-        {
-            c?.CollectGarbage();
-        }
+        CollectGarbage();
         ServiceAccessCounters();
         ReplayPolicy policy = Options.ReplayPolicy;
         bool pendingReplay = false;
@@ -63,6 +61,10 @@ public sealed unsafe partial class GpuDevice
                 break;
             }
             pendingReplay = true;
+            if (b > 0)
+            {
+                CollectGarbage(); // first thing in every fault service (kernel: xe_svm_garbage_collector)
+            }
             Counters.Inc(GpuCounter.Batches);
             Counters.Add(GpuCounter.Faults, n);
             for (int i = 0; i < n; i++)
@@ -111,6 +113,14 @@ public sealed unsafe partial class GpuDevice
         if (pendingReplay)
         {
             Replay();
+        }
+    }
+
+    private void CollectGarbage()
+    {
+        foreach (GpuContext? c in Volatile.Read(ref _contexts))
+        {
+            c?.CollectGarbage();
         }
     }
 

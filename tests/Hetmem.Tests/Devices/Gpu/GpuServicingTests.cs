@@ -60,9 +60,9 @@ public class GpuServicingTests
     [Fact]
     public void TinyVramForcesEvictionsAndTheResultIsStillCorrect()
     {
-        // 3 × 8 MiB working set, 4 MiB of VRAM: two chunks for three streams.
+        // 3 × 4 MiB working set, 4 MiB of VRAM: two chunks for three streams.
         using var rig = new GpuTestRig(new GpuDeviceOptions { VramBytes = 4 * Mib, CheckStaleTranslations = true });
-        Stream(rig, 1L << 20, launches: 2);
+        Stream(rig, 1L << 19, launches: 2);
         Assert.True(rig[GpuCounter.Evictions] > 0);
         Assert.True(rig[GpuCounter.PagesMigratedOut] > 0);
         Assert.True(rig.Gpu.VramChunksInUse <= rig.Gpu.VramChunks);
@@ -71,8 +71,9 @@ public class GpuServicingTests
     [Fact]
     public void VramAtAQuarterOfTheWorkingSetEvictsAndBytesMovedMatchPagesMoved()
     {
-        using var rig = new GpuTestRig(new GpuDeviceOptions { VramBytes = 6 * Mib });
-        Stream(rig, 1L << 20);
+        // 16 MiB working set, 4 MiB of VRAM.
+        using var rig = new GpuTestRig(new GpuDeviceOptions { VramBytes = 4 * Mib });
+        Stream(rig, (16L << 20) / 24);
         Assert.True(rig[GpuCounter.Evictions] > 0);
         Assert.True(rig[GpuCounter.BytesHtoD] <= rig[GpuCounter.PagesMigratedIn] * Page.Size);
         Assert.True(rig[GpuCounter.BytesDtoH] <= rig[GpuCounter.PagesMigratedOut] * Page.Size);

@@ -324,7 +324,7 @@ internal static partial class HmmSelfTests
         HmmProcess p = self.P;
         var rng = new Random(Seed("mprotect_race"));
         HmmBuffer buffer = RaceBuffer(self, out ulong npages, out ulong size, i => (int)i + 11);
-        int[] delays = [.. Enumerable.Range(0, 4096).Select(_ => rng.Next(200_000))];
+        int[] delays = [.. Enumerable.Range(0, 4096).Select(_ => rng.Next(300_000))];
         var stop = new ManualResetEventSlim(false);
         Exception? threadFailure = null;
         ulong ptr = buffer.Ptr;
@@ -337,9 +337,9 @@ internal static partial class HmmSelfTests
                     // PROT_NONE over a random quarter-aligned part for a short while, then read-write for longer.
                     ulong first = (ulong)(delays[k % delays.Length] % 4) * (size / 4);
                     p.Mm.Mprotect(ptr + first, size - first, Prot.None);
-                    NanoSleep(delays[k % delays.Length] / 20);
+                    NanoSleep(delays[k % delays.Length]);
                     p.Mm.Mprotect(ptr, size, Rw);
-                    Thread.Sleep(1 + delays[(k + 1) % delays.Length] % 3);
+                    NanoSleep(500_000 + 4L * delays[(k + 1) % delays.Length]);
                 }
             }
             catch (Exception ex)
@@ -463,8 +463,14 @@ internal static partial class HmmSelfTests
                 p.Cpu.Read(buffer.Mirror, MemoryMarshal.AsBytes(words.AsSpan()));
                 for (int i = 0; i < words.Length; i++)
                 {
-                    self.AssertTrue(words[i] != Poison, $"mirror[{i}] is not a word of a freed, reused frame (saw 0x{words[i]:x})");
-                    self.AssertTrue(words[i] == i + 1 || words[i] == 0, $"mirror[{i}] is {i + 1} or 0 (saw {words[i]})");
+                    if (words[i] == Poison)
+                    {
+                        self.AssertTrue(false, $"mirror[{i}] is not a word of a freed, reused frame (saw 0x{words[i]:x})");
+                    }
+                    if (words[i] != i + 1 && words[i] != 0)
+                    {
+                        self.AssertTrue(false, $"mirror[{i}] is {i + 1} or 0 (saw {words[i]})");
+                    }
                 }
             }
         }
