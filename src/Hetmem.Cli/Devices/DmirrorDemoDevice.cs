@@ -25,6 +25,7 @@ internal sealed class DmirrorDemoDevice : IDemoDevice
     private long _commands;                       // atomic
     private long _faults;                         // atomic: the Faults the device reported (fault passes)
     private long _pages;                          // atomic: pages copied by READ/WRITE
+    private long _migrated;                       // atomic: pages migrated to device memory
     private bool _disposed;
 
     public DmirrorDemoDevice(AddressSpace mm, string name = "dmirror0")
@@ -50,7 +51,7 @@ internal sealed class DmirrorDemoDevice : IDemoDevice
     public string Name { get; }
 
     /// <inheritdoc/>
-    public string Description => "dmirror (lib/test_hmm.c): HMM_DMIRROR_READ/WRITE/SNAPSHOT through a bounce buffer";
+    public string Description => "dmirror (lib/test_hmm.c): HMM_DMIRROR_READ/WRITE/SNAPSHOT/MIGRATE_TO_DEV through a bounce buffer";
 
     private TraceTrack Track { get; }
 
@@ -127,6 +128,33 @@ internal sealed class DmirrorDemoDevice : IDemoDevice
     }
 
     /// <inheritdoc/>
+    public bool CanMigrate => true;
+
+    /// <summary>HMM_DMIRROR_MIGRATE_TO_DEV in bounce-sized pieces (each migrates, then reads the pages back through the mirror).</summary>
+    public Errno MigrateToDevice(ulong start, ulong end)
+    {
+        lock (_lock)
+        {
+            for (ulong a = start, n; a < end; a += n << Page.Shift)
+            {
+                n = Math.Min(BouncePages, (end - a) >> Page.Shift);
+                var cmd = new DmirrorCmd { Addr = a, Ptr = _bounce, Npages = n };
+                using (TraceLog.Span(Track, TraceCategory.Migrate, "to_device", TraceArg.Address(a), TraceArg.Pages((long)n)))
+                {
+                    Errno e = _file.TryIoctl(DmirrorCommand.MigrateToDevice, ref cmd, BounceCpu());
+                    Interlocked.Increment(ref _commands);
+                    if (e != Errno.Ok)
+                    {
+                        return e;
+                    }
+                    Interlocked.Add(ref _migrated, (long)cmd.Cpages);
+                }
+            }
+            return Errno.Ok;
+        }
+    }
+
+    /// <inheritdoc/>
     public long ValidPages(ulong start, ulong end) => Count(start, end, writableOnly: false);
 
     /// <inheritdoc/>
@@ -166,6 +194,7 @@ internal sealed class DmirrorDemoDevice : IDemoDevice
         ("device commands (READ/WRITE/SNAPSHOT)", N(Interlocked.Read(ref _commands))),
         ("device fault passes reported (cmd.faults)", N(Interlocked.Read(ref _faults))),
         ("pages copied by the device", N(Interlocked.Read(ref _pages))),
+        ("pages migrated to device-private memory", N(Interlocked.Read(ref _migrated))),
         ("mirror entries now", N(_file.IsClosed ? 0 : _file.MirroredPages)),
         ("device pages in use / allocated", $"{_file.Device.PagesInUse} / {_file.Device.AllocatedPages}"),
     ];

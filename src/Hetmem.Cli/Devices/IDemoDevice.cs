@@ -58,6 +58,16 @@ internal interface IDemoDevice : IDisposable
     /// <summary>How many of the device's translations in [start, end) come from 2 MiB CPU entries, in 2 MiB units; -1 when the device cannot tell.</summary>
     long HugeEntries(ulong start, ulong end) => -1;
 
+    /// <summary>True when the device has its own memory and can migrate pages into it (<see cref="MigrateToDevice"/>).</summary>
+    bool CanMigrate => false;
+
+    /// <summary>
+    /// Migrates [<paramref name="start"/>, <paramref name="end"/>) into the device's private memory (kernel: a driver calling
+    /// migrate_vma_setup/pages/finalize); the CPU entries become device-private entries.
+    /// </summary>
+    /// <returns>Ok, an errno, or EOPNOTSUPP for a device without memory of its own.</returns>
+    Errno MigrateToDevice(ulong start, ulong end) => Errno.EOPNOTSUPP;
+
     /// <summary>Rows for the device's table: (metric, value).</summary>
     IReadOnlyList<(string Metric, string Value)> Stats();
 }

@@ -11,7 +11,7 @@ namespace Hetmem.Tests.HostParity;
 [Collection("host address space")]
 public class HostParityTests(ITestOutputHelper output)
 {
-    private const ulong P = ParityWorld.Page;
+    private const long P = (long)ParityWorld.Page;
     private const int R = 1, W = 2, X = 4, Rw = R | W;
     private const int Shared = 1, Private = 2, SharedValidate = 3, Fixed = 0x10, Anonymous = 0x20, NoReserve = 0x4000, FixedNoReplace = 0x100000, Sync = 0x80000;
     private const int MayMove = 1, MFixed = 2, DontUnmap = 4;
@@ -141,8 +141,8 @@ public class HostParityTests(ITestOutputHelper output)
             new MprotectOp(41 * P, P, R),
             new MremapOp(44 * P, 4 * P, 4 * P, MayMove | MFixed | DontUnmap, 56 * P),
             new MremapOp(40 * P, 0, 2 * P, MayMove | MFixed, 50 * P),                 // duplicates a shared mapping
-            new MmapOp(48 * P, P, R, Shared | Fixed, File: 0, Offset: ulong.MaxValue - P + 1),
-            new MmapOp(48 * P, 2 * P, R, Shared | Fixed, File: 0, Offset: 0x7FFF_FFFF_FFFF_F000),
+            new MmapOp(48 * P, P, R, Shared | Fixed, File: 0, Offset: -P),
+            new MmapOp(48 * P, 2 * P, R, Shared | Fixed, File: 0, Offset: 0x7FFF_FFFF_FFFF_F000L),
         ]);
     }
 
@@ -151,7 +151,7 @@ public class HostParityTests(ITestOutputHelper output)
     {
         Assert.True(HostIsLinuxX64, "host parity needs Linux on x86-64");
         using var w = new ParityWorld();
-        ulong huge = ulong.MaxValue - P + 1;
+        const long huge = -P;
         Check(w,
         [
             new MmapOp(0, 8 * P, Rw, Private | Anonymous | Fixed),
@@ -162,7 +162,7 @@ public class HostParityTests(ITestOutputHelper output)
             new MmapOp(16 * P, P, Rw, Anonymous | Fixed),
             new MmapOp(16 * P, P, Rw, SharedValidate | Anonymous | Fixed),
             new MmapOp(16 * P, P, Rw, Private | Anonymous | Fixed, Offset: 1),
-            new MmapOp(16 * P, ulong.MaxValue, Rw, Private | Anonymous | Fixed),
+            new MmapOp(16 * P, -1, Rw, Private | Anonymous | Fixed),
             new MmapOp(16 * P, huge, Rw, Private | Anonymous | Fixed),
             new MmapOp(16 * P, P, Rw | 0x10, Private | Anonymous | Fixed | 0x4000_0000),   // unknown bits ignored
             new MunmapOp(20 * P + 1, P),
@@ -217,18 +217,18 @@ public class HostParityTests(ITestOutputHelper output)
         var ops = new List<ParityOp>();
         for (int i = 0; i < 250; i++)
         {
-            long off = rng.Next(0, 64) * (long)P;
-            ulong len = (ulong)rng.Next(1, 9) * P;
+            long off = rng.Next(0, 64) * P;
+            long len = rng.Next(1, 9) * P;
             ParityOp op = rng.Next(10) switch
             {
                 0 or 1 => new MmapOp(off, len, prots[rng.Next(prots.Length)],
                     (rng.Next(4) == 0 ? Shared : Private) | Anonymous | Fixed | (rng.Next(5) == 0 ? NoReserve : 0)),
                 2 => new MmapOp(off, len, prots[rng.Next(prots.Length)], (rng.Next(2) == 0 ? Shared : Private) | Fixed,
-                    File: rng.Next(2), Offset: (ulong)rng.Next(0, 48) * P),
+                    File: rng.Next(2), Offset: rng.Next(0, 48) * P),
                 3 => new MunmapOp(off, len),
                 4 or 5 => new MprotectOp(off, len, prots[rng.Next(prots.Length)]),
-                6 => new MremapOp(off, len, (ulong)rng.Next(1, 9) * P, rng.Next(3) == 0 ? 0 : MayMove | MFixed | (rng.Next(4) == 0 ? DontUnmap : 0),
-                    rng.Next(0, 64) * (long)P),
+                6 => new MremapOp(off, len, rng.Next(1, 9) * P, rng.Next(3) == 0 ? 0 : MayMove | MFixed | (rng.Next(4) == 0 ? DontUnmap : 0),
+                    rng.Next(0, 64) * P),
                 7 => new MadviseOp(off, len, advices[rng.Next(advices.Length)]),
                 _ => new TouchOp(off),
             };
@@ -245,9 +245,9 @@ public class HostParityTests(ITestOutputHelper output)
         Assert.True(ops.Count > 150);
     }
 
-    private static bool HasInnerHole(ParityWorld w, long off, ulong len)
+    private static bool HasInnerHole(ParityWorld w, long off, long len)
     {
-        ulong start = (ulong)((long)w.Base + off), end = start + len;
+        ulong start = (ulong)((long)w.Base + off), end = start + (ulong)len;
         var maps = w.Mm.Maps().Where(m => m.Start < end && start < m.End).OrderBy(m => m.Start).ToList();
         if (maps.Count == 0 || maps[0].Start > start)
         {

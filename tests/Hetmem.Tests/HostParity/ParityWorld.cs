@@ -10,32 +10,32 @@ internal abstract record ParityOp
     public abstract string Describe();
 }
 
-internal sealed record MmapOp(long Off, ulong Length, int Prot, int Flags, int File = -1, ulong Offset = 0) : ParityOp
+internal sealed record MmapOp(long Off, long Length, int Prot, int Flags, int File = -1, long Offset = 0) : ParityOp
 {
     public override string Describe() => $"mmap(W{Off:+0;-0}, 0x{Length:x}, prot {Prot}, flags 0x{Flags:x}, file {File}, off 0x{Offset:x})";
 }
 
-internal sealed record MunmapOp(long Off, ulong Length) : ParityOp
+internal sealed record MunmapOp(long Off, long Length) : ParityOp
 {
     public override string Describe() => $"munmap(W{Off:+0;-0}, 0x{Length:x})";
 }
 
-internal sealed record MprotectOp(long Off, ulong Length, int Prot) : ParityOp
+internal sealed record MprotectOp(long Off, long Length, int Prot) : ParityOp
 {
     public override string Describe() => $"mprotect(W{Off:+0;-0}, 0x{Length:x}, {Prot})";
 }
 
-internal sealed record MremapOp(long Off, ulong OldLength, ulong NewLength, int Flags, long NewOff = 0) : ParityOp
+internal sealed record MremapOp(long Off, long OldLength, long NewLength, int Flags, long NewOff = 0) : ParityOp
 {
     public override string Describe() => $"mremap(W{Off:+0;-0}, 0x{OldLength:x}, 0x{NewLength:x}, flags {Flags}, W{NewOff:+0;-0})";
 }
 
-internal sealed record MadviseOp(long Off, ulong Length, int Advice) : ParityOp
+internal sealed record MadviseOp(long Off, long Length, int Advice) : ParityOp
 {
     public override string Describe() => $"madvise(W{Off:+0;-0}, 0x{Length:x}, {Advice})";
 }
 
-internal sealed record MsyncOp(long Off, ulong Length, int Flags) : ParityOp
+internal sealed record MsyncOp(long Off, long Length, int Flags) : ParityOp
 {
     public override string Describe() => $"msync(W{Off:+0;-0}, 0x{Length:x}, {Flags})";
 }
@@ -119,34 +119,34 @@ internal sealed unsafe class ParityWorld : IDisposable
             switch (op)
             {
                 case MmapOp m:
-                    he = HostKernel.Mmap(A(m.Off), m.Length, m.Prot, m.Flags, m.File < 0 ? -1 : _hostFds[m.File], m.Offset, out hr);
+                    he = HostKernel.Mmap(A(m.Off), (ulong)m.Length, m.Prot, m.Flags, m.File < 0 ? -1 : _hostFds[m.File], (ulong)m.Offset, out hr);
                     me = Call(() => mr = m.File < 0
-                        ? Mm.Mmap(A(m.Off), m.Length, (Prot)m.Prot, (MapFlags)m.Flags, null, m.Offset)
-                        : Mm.MmapFile(A(m.Off), m.Length, (Prot)m.Prot, (MapFlags)m.Flags, _files[m.File], m.Offset));
+                        ? Mm.Mmap(A(m.Off), (ulong)m.Length, (Prot)m.Prot, (MapFlags)m.Flags, null, (ulong)m.Offset)
+                        : Mm.MmapFile(A(m.Off), (ulong)m.Length, (Prot)m.Prot, (MapFlags)m.Flags, _files[m.File], (ulong)m.Offset));
                     break;
                 case MunmapOp u:
-                    he = HostKernel.Munmap(A(u.Off), u.Length);
-                    me = Call(() => Mm.Munmap(A(u.Off), u.Length));
+                    he = HostKernel.Munmap(A(u.Off), (ulong)u.Length);
+                    me = Call(() => Mm.Munmap(A(u.Off), (ulong)u.Length));
                     break;
                 case MprotectOp p:
-                    he = HostKernel.Mprotect(A(p.Off), p.Length, p.Prot);
-                    me = Call(() => Mm.Mprotect(A(p.Off), p.Length, (Prot)p.Prot));
+                    he = HostKernel.Mprotect(A(p.Off), (ulong)p.Length, p.Prot);
+                    me = Call(() => Mm.Mprotect(A(p.Off), (ulong)p.Length, (Prot)p.Prot));
                     break;
                 case MremapOp r:
-                    he = HostKernel.Mremap(A(r.Off), r.OldLength, r.NewLength, r.Flags, A(r.NewOff), out hr);
-                    me = Call(() => mr = Mm.Mremap(A(r.Off), r.OldLength, r.NewLength, (MremapFlags)r.Flags, A(r.NewOff)));
+                    he = HostKernel.Mremap(A(r.Off), (ulong)r.OldLength, (ulong)r.NewLength, r.Flags, A(r.NewOff), out hr);
+                    me = Call(() => mr = Mm.Mremap(A(r.Off), (ulong)r.OldLength, (ulong)r.NewLength, (MremapFlags)r.Flags, A(r.NewOff)));
                     if (he == Errno.Ok && (hr < Base - Guard || hr >= Base + Size + Guard))
                     {
-                        _strays.Add((hr, r.NewLength));
+                        _strays.Add((hr, (ulong)r.NewLength));
                     }
                     break;
                 case MadviseOp a:
-                    he = HostKernel.Madvise(A(a.Off), a.Length, a.Advice);
-                    me = Call(() => Mm.Madvise(A(a.Off), a.Length, (Advice)a.Advice));
+                    he = HostKernel.Madvise(A(a.Off), (ulong)a.Length, a.Advice);
+                    me = Call(() => Mm.Madvise(A(a.Off), (ulong)a.Length, (Advice)a.Advice));
                     break;
                 case MsyncOp s:
-                    he = HostKernel.Msync(A(s.Off), s.Length, s.Flags);
-                    me = Call(() => Mm.Msync(A(s.Off), s.Length, (AddressSpace.MsyncFlags)s.Flags));
+                    he = HostKernel.Msync(A(s.Off), (ulong)s.Length, s.Flags);
+                    me = Call(() => Mm.Msync(A(s.Off), (ulong)s.Length, (AddressSpace.MsyncFlags)s.Flags));
                     break;
                 case TouchOp t:
                     MapsEntry? m2 = Mm.Maps().Cast<MapsEntry?>().FirstOrDefault(x => x!.Value.Start <= A(t.Off) && A(t.Off) < x.Value.End);

@@ -229,6 +229,13 @@ internal sealed class AddressSpaceSection : IWorkload
                 return $"{devices.Count} device writes";
             });
 
+            // ---- 2b. a device with memory of its own migrates pages into it; CPU and other devices pull them back ---
+            if (devices.FirstOrDefault(d => d.CanMigrate) is { } migrator && anon.Pages >= 256)
+            {
+                Report(context, $"{migrator.Name} migrates pages to device memory; CPU and mirrors fault them back", 3.5);
+                MigrationPhase(r, mm, anon, migrator, devices, deviceResults);
+            }
+
             // ---- 3. mprotect: the upper half of the anonymous region becomes read-only -------------------------
             Report(context, "mprotect the upper half of the anonymous region read-only", 4);
             ulong roStart = anon.Start + (anon.Length / 2), roEnd = anon.End;
@@ -449,7 +456,66 @@ internal sealed class AddressSpaceSection : IWorkload
         return r;
     }
 
-    private void Report(WorkloadContext context, string phase, int step) => context.Report(Name, phase, step / (double)Phases);
+    private void Report(WorkloadContext context, string phase, double step) => context.Report(Name, phase, step / Phases);
+
+    /// <summary>
+    /// Pages 64..127 of the anonymous region go to <paramref name="migrator"/>'s device-private memory (kernel:
+    /// migrate_vma_*; the CPU page table then holds device-private swap entries, the other mirrors get a MIGRATE
+    /// invalidation); the migrator reads them locally; CPU reads of the first half fault them back (migrate_to_ram), and a
+    /// fault of another mirror on the second half pulls those back too (hmm_range_fault on a foreign device page).
+    /// </summary>
+    private static void MigrationPhase(WorkloadResult r, AddressSpace mm, DemoRegion anon, IDemoDevice migrator,
+        IReadOnlyList<IDemoDevice> devices, Dictionary<string, WorkloadResult> deviceResults)
+    {
+        const ulong First = 64, Count = 64;
+        ulong ms = anon.PageAddress(First), me = anon.PageAddress(First + Count);
+        var migBefore = devices.ToDictionary(d => d.Name, d => d.Invalidations(MmuNotifierEvent.Migrate));
+        MapsEntry Vma() => mm.Maps().Single(x => x.Start <= ms && ms < x.End);
+        deviceResults[migrator.Name].Check($"{migrator.Name} migrates {Count} anonymous pages into its device-private memory and reads them there", () =>
+        {
+            long toDev = Counters.Read(Counter.MigrateToDevice);
+            ScenarioKit.Require(migrator.MigrateToDevice(ms, me), $"{migrator.Name} migrate to device");
+            ulong dev = Vma().DevicePages;
+            WorkloadResult.Require(dev == Count, $"{dev} device-private entries in the CPU page table, expected {Count}");
+            long words = ScenarioKit.VerifyDevice(migrator, anon, First, First + Count);
+            return $"{dev} device-private CPU entries; MigrateToDevice +{Counters.Read(Counter.MigrateToDevice) - toDev}; {words} words read on the device";
+        });
+        foreach (IDemoDevice other in devices.Where(d => d != migrator))
+        {
+            deviceResults[other.Name].Check($"{other.Name} lost its translations of the pages {migrator.Name} migrated (MIGRATE)", () =>
+            {
+                string n = ScenarioKit.RequireInvalidated(other, MmuNotifierEvent.Migrate, migBefore[other.Name]);
+                WorkloadResult.Require(other.ValidPages(ms, me) == 0, $"{other.ValidPages(ms, me)} translations of migrated pages");
+                return n;
+            });
+        }
+        r.Check($"CPU reads of migrated pages fault them back to RAM (migrate_to_ram) with their data", () =>
+        {
+            long toRam = Counters.Read(Counter.MigrateToRam);
+            using var cpu = new Cpu(mm);
+            for (ulong p = First; p < First + (Count / 2); p++)
+            {
+                for (int w = 0; w < DemoRegion.WordOffsets.Length; w++)
+                {
+                    long v = CpuThreads.Read(cpu, anon.WordAddress(p, w), VmaKind.Anonymous);
+                    WorkloadResult.Require(v == anon.Expected(p, w), $"page {p} word {w} = 0x{v:x} after migrating back");
+                }
+            }
+            long back = Counters.Read(Counter.MigrateToRam) - toRam;
+            WorkloadResult.Require(back >= (long)Count / 2, $"MigrateToRam +{back}");
+            ulong dev = Vma().DevicePages;
+            WorkloadResult.Require(dev <= Count / 2, $"{dev} pages still on the device");
+            return $"MigrateToRam +{back}; {dev} pages still on the device";
+        });
+        IDemoDevice puller = devices.FirstOrDefault(d => d != migrator) ?? migrator;
+        deviceResults[puller.Name].Check($"{puller.Name}'s fault on pages still in {migrator.Name}'s memory migrates them back and reads the data", () =>
+        {
+            long words = ScenarioKit.VerifyDevice(puller, anon, First + (Count / 2), First + Count);
+            ulong dev = Vma().DevicePages;
+            WorkloadResult.Require(puller == migrator || dev == 0, $"{dev} pages still on the device");
+            return $"{words} words; {dev} pages left on the device";
+        });
+    }
 
     /// <summary>A device thread faulting every region chunk by chunk until stopped (read faults; colliding invalidations are retried by the helper).</summary>
     private static Task<(long Faults, string? Error)> StartDeviceLoop(IDemoDevice dev, IReadOnlyList<DemoRegion> regions, CancellationToken stop) =>

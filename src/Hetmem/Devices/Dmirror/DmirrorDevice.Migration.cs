@@ -24,18 +24,9 @@ public sealed unsafe partial class DmirrorDevice
         {
             return Errno.EFAULT;
         }
-        Pte entry = mm.QueryPte(fault.Address, out int level);
-        int order = 0;
-        if (level != 0)
-        {
-            order = c.Order[c.Offset(pfn)] == Page.PmdOrder ? Page.PmdOrder : 0;
-        }
-        else if (entry.SwapType == SwapEntryType.DevicePrivate && c.Order[c.Offset(pfn)] != 0)
-        {
-            // A PTE-mapped page of a device folio: split the folio first, as the kernel does when it splits the PMD
-            // (the driver's folio_split callback); then this page migrates alone.
-            SplitMappedFolio(mm, fault.Address, pfn);
-        }
+        // A PMD-mapped device folio migrates whole; a PTE-mapped page alone (migrate_vma splits its folio).
+        mm.QueryPte(fault.Address, out int level);
+        int order = level != 0 && c.Order[c.Offset(pfn)] == Page.PmdOrder ? Page.PmdOrder : 0;
         if (!Memory.TryGet(pfn))
         {
             return Errno.EAGAIN;
@@ -85,20 +76,6 @@ public sealed unsafe partial class DmirrorDevice
         {
             Memory.UnlockFrame(pfn);
             Memory.Put(pfn);
-        }
-    }
-
-    private void SplitMappedFolio(AddressSpace mm, ulong address, ulong pfn)
-    {
-        ulong head = Memory.Head(pfn);
-        if (head == pfn && Memory.Frame(pfn).Order == 0)
-        {
-            return;
-        }
-        ulong* table = mm.PteTableOf(address, out _);
-        if (table != null)
-        {
-            mm.TrySplitMappedCompound(head, table, 0);
         }
     }
 

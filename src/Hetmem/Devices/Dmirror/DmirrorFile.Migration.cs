@@ -83,7 +83,7 @@ public sealed unsafe partial class DmirrorFile
                     if (r != Errno.Ok)
                     {
                         args.Finalize();
-                        return Fail(Errno.ENOMEM, $"no system memory to migrate [0x{addr:x}, 0x{next:x}) back");
+                        return r;
                     }
                     args.Pages();
                     cmd.Cpages += SuccessfullyMigrated(args);
@@ -305,7 +305,8 @@ public sealed unsafe partial class DmirrorFile
             ulong from = Device.BackingPage(spage);
             ulong d = (order != 0 ? MigratePfn.Compound : 0) | (s & MigratePfn.Write);
             ulong dpage;
-            if (TakeFailAlloc())
+            bool injected = TakeFailAlloc();
+            if (injected)
             {
                 d &= ~MigratePfn.Compound;
                 dpage = Page.NoPfn;
@@ -316,7 +317,9 @@ public sealed unsafe partial class DmirrorFile
             }
             if (dpage == Page.NoPfn && order == 0)
             {
-                return Errno.ENOMEM;
+                return Fail(Errno.ENOMEM, injected
+                    ? $"FAIL_ALLOC failed the system page for 0x{addr:x}, a base page (a single device page has no smaller fallback)"
+                    : $"no system page to migrate 0x{addr:x} back");
             }
             if (dpage != Page.NoPfn)
             {
@@ -345,7 +348,7 @@ public sealed unsafe partial class DmirrorFile
                         {
                             dst[i + j] = 0;
                         }
-                        return Errno.ENOMEM;
+                        return Fail(Errno.ENOMEM, $"no system page to migrate 0x{addr:x} back (base-page fallback)");
                     }
                     mem.LockFrame(p);
                     dst[i + k] = MigratePfn.Make(p);

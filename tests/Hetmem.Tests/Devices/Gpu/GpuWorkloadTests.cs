@@ -49,6 +49,7 @@ public class GpuWorkloadTests(ITestOutputHelper output)
         Print(r);
         Assert.True(r.Verified, r.Detail);
         Assert.True(r["invalidations_unmap"] > 0);
+        Assert.True(r["evictions"] > 0);
         Assert.True(r["map_2m"] > 0);
         Assert.True(r.FramesBalanced);
     }

@@ -56,7 +56,9 @@ public static class GpuBfsDax
             var mm = new AddressSpace(memory);
             using (var ns = new DaxNamespace(memory, Path.Combine(dir, "pmem0"), nsBytes))
             using (var fs = DaxFileSystem.Format(ns))
-            using (var gpu = new GpuDevice(memory, o.DeviceOptions(fileBytes, "gpu-bfs-dax")))
+            // The graph is never migrated (DAX is mapped in place), so "the working set" that VRAM is sized against
+            // is the migratable state: distances and marks, 8 bytes per vertex.
+            using (var gpu = new GpuDevice(memory, o.DeviceOptions(8UL * (ulong)v, "gpu-bfs-dax")))
             {
                 using (FileHandle f = fs.Create("graph"))
                 using (var cpu = new Cpu(mm))
@@ -71,8 +73,10 @@ public static class GpuBfsDax
                     }
                     ulong g = mm.Mmap(0x3000_0000_0000, fileBytes, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Fixed, f.Inode);
                     ulong offs = g, adjVa = g + adjStart;
-                    ulong dist = mm.Mmap(0, (ulong)v * 4, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
-                    ulong marks = mm.Mmap(0, (ulong)v * 4, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+                    // Distances and marks each start a 2 MiB block of their own, so they compete for VRAM chunks.
+                    ulong state = Page.AlignUp((ulong)v * 4, Page.PmdSize);
+                    ulong dist = mm.Mmap(0x3800_0000_0000, (ulong)v * 4, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed);
+                    ulong marks = mm.Mmap(0x3800_0000_0000 + state, (ulong)v * 4, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed);
                     ulong changed = mm.Mmap(0, Page.Size, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
                     int[] inf = new int[v];
                     Array.Fill(inf, Inf);
