@@ -131,7 +131,7 @@ public sealed unsafe partial class AddressSpace
                         }
                         if (counted)
                         {
-                            Memory.ClearFlags(pfn, FrameFlags.AnonExclusive);
+                            Memory.ClearFlags(Memory.Head(pfn), FrameFlags.AnonExclusive);
                             Memory.Get(pfn);
                             Memory.AddMap(pfn);
                         }

@@ -69,7 +69,7 @@ public sealed unsafe partial class AddressSpace
             }
             foreach (Vma v in vmas)
             {
-                VmFlags nf = NewProtectionFlags(v.Flags, prot);
+                VmFlags nf = NewProtectionFlags(v, prot);
                 if (nf == v.Flags)
                 {
                     continue;
@@ -83,13 +83,25 @@ public sealed unsafe partial class AddressSpace
         }
     }
 
-    /// <summary>The VMA flags after mprotect(<paramref name="prot"/>) (kernel: mprotect_fixup's newflags, with VM_ACCOUNT).</summary>
-    private static VmFlags NewProtectionFlags(VmFlags old, Prot prot)
+    /// <summary>
+    /// The VMA flags after mprotect(<paramref name="prot"/>) (kernel: mprotect_fixup's newflags): becoming writable
+    /// charges VM_ACCOUNT to a private mapping; an anonymous VMA that never faulted gives it back when it stops being
+    /// writable.
+    /// </summary>
+    private static VmFlags NewProtectionFlags(Vma v, Prot prot)
     {
+        VmFlags old = v.Flags;
         VmFlags nf = (old & ~(VmFlags.Read | VmFlags.Write | VmFlags.Exec)) | (VmFlags)(int)prot;
-        if ((nf & VmFlags.Write) != 0 && (old & (VmFlags.Account | VmFlags.Write | VmFlags.HugeTlb | VmFlags.Shared | VmFlags.NoReserve)) == 0)
+        if ((nf & VmFlags.Write) != 0)
         {
-            nf |= VmFlags.Account;
+            if ((old & (VmFlags.Account | VmFlags.Write | VmFlags.HugeTlb | VmFlags.Shared | VmFlags.NoReserve)) == 0)
+            {
+                nf |= VmFlags.Account;
+            }
+        }
+        else if ((old & VmFlags.Account) != 0 && v.Kind == VmaKind.Anonymous && v.Anon is null)
+        {
+            nf &= ~VmFlags.Account;
         }
         return nf;
     }

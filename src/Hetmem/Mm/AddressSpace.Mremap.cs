@@ -105,6 +105,11 @@ public sealed unsafe partial class AddressSpace
             }
             if (oldLen > vma.End - oldAddress)
             {
+                if ((fixedMove || dontUnmap) && oldLen == newLen)
+                {
+                    // Linux 6.17+: a fixed move without resize may span several VMAs (and the holes between them).
+                    return MoveRangeLocked(oldAddress, oldLen, fixedMove ? newAddress : 0, dontUnmap);
+                }
                 MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) runs past the end of {vma}");
             }
             if (oldLen == 0 && !vma.IsShared)
@@ -176,6 +181,37 @@ public sealed unsafe partial class AddressSpace
             }
         }
         UnmapLocked(start, start + len);
+    }
+
+    /// <summary>
+    /// Moves every VMA piece of [<paramref name="oldAddress"/>, +<paramref name="len"/>) to the same offset from
+    /// <paramref name="target"/> (0: a free range), holes included (kernel 6.17+: remap_move over several VMAs). Only
+    /// ordinary VMAs may take part; the target range is unmapped first.
+    /// </summary>
+    private ulong MoveRangeLocked(ulong oldAddress, ulong len, ulong target, bool dontUnmap)
+    {
+        List<Vma> vmas = Vmas.Snapshot(oldAddress, oldAddress + len);
+        foreach (Vma v in vmas)
+        {
+            if (v.Kind == VmaKind.HugeTlb || (v.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
+            {
+                MmException.Throw(Errno.EFAULT, $"mremap: {v} cannot be moved together with other VMAs");
+            }
+        }
+        if (target == 0)
+        {
+            target = GetUnmappedAreaLocked(0, len, Page.Size);
+        }
+        else
+        {
+            UnmapForMremapLocked(target, len);
+        }
+        foreach (Vma v in vmas)
+        {
+            ulong s = Math.Max(v.Start, oldAddress), e = Math.Min(v.End, oldAddress + len);
+            MoveVmaLocked(s, e - s, target + (s - oldAddress), e - s, dontUnmap);
+        }
+        return target;
     }
 
     /// <summary>mremap with old length 0: a second mapping of the same shared object (kernel: the "duplicate shm area" case).</summary>
@@ -264,6 +300,7 @@ public sealed unsafe partial class AddressSpace
             var empty = new Vma(this, src.Start, src.End, src.Flags, src.Kind, src.File, src.Pgoff, null) { Reservation = src.Reservation };
             Vmas.Insert(empty);
             src.File?.Mappings.Add(empty);
+            MergeAroundLocked(empty);
         }
         else
         {

@@ -122,27 +122,6 @@ public class WorkloadCommandTests
     }
 
     [Fact]
-    public async Task TheBuiltInDemoPassesOnASmallMachine()
-    {
-        string dax = Directory.CreateTempSubdirectory("hetmem-test-dax-").FullName;
-        try
-        {
-            CliHost.Outcome r = await CliHost.RunAsync(CliRegistries.CreateDefault(), "demo", "--ram", "16M", "--dax-dir", dax, "--json");
-            Assert.Equal(0, r.ExitCode);
-            using JsonDocument doc = JsonDocument.Parse(r.Out);
-            Assert.True(doc.RootElement.GetProperty("passed").GetBoolean());
-            var sections = doc.RootElement.GetProperty("workloads")[0].GetProperty("checks").EnumerateArray()
-                .Select(c => c.GetProperty("section").GetString()).Distinct();
-            Assert.Equal(["physical", "dax"], sections);
-            Assert.True(File.Exists(Path.Combine(dax, "demo.dax")), "--dax-dir keeps the namespace file");
-        }
-        finally
-        {
-            Directory.Delete(dax, recursive: true);
-        }
-    }
-
-    [Fact]
     public void ExtensionsInAnAssemblyAreDiscoveredAndRegister()
     {
         IReadOnlyList<ICliExtension> found = CliRegistries.DiscoverExtensions(typeof(WorkloadCommandTests).Assembly);

@@ -47,9 +47,10 @@ public class HostParityTests(ITestOutputHelper output)
             new MmapOp(0, 16 * P, R, Private | Anonymous | Fixed),
             new MmapOp(16 * P, 8 * P, R, Private | Anonymous | Fixed),          // merges with the first
             new MprotectOp(4 * P, 4 * P, Rw),                                    // splits in three, adds VM_ACCOUNT
-            new MprotectOp(4 * P, 4 * P, R),                                     // VM_ACCOUNT stays: no merge back
+            new MprotectOp(4 * P, 4 * P, R),                                     // never faulted: VM_ACCOUNT goes, merges back
             new MprotectOp(0, 4 * P, Rw),
-            new MprotectOp(0, 4 * P, R),                                         // merges with the middle piece (both accounted)
+            new TouchOp(P),
+            new MprotectOp(0, 4 * P, R),                                         // faulted: VM_ACCOUNT stays, no merge back
             new MprotectOp(10 * P, 2 * P, R),                                    // no change: no split
             new MmapOp(30 * P, 4 * P, Rw, Private | Anonymous | Fixed),
             new MmapOp(34 * P, 4 * P, Rw, Private | Anonymous | Fixed),          // merges (both accounted)
@@ -240,7 +241,15 @@ public class HostParityTests(ITestOutputHelper output)
             // A grown shared or file mapping may reach past its object; keep populate away from it (SIGBUS is EFAULT on
             // both sides, but the host kernel reports the last successful page first).
             ops.Add(op);
-            Check(w, [op]);
+            try
+            {
+                Check(w, [op]);
+            }
+            catch (Exception e)
+            {
+                throw new InvalidOperationException(
+                    $"seed {seed}, op {ops.Count}; the last ops were:\n  {string.Join("\n  ", ops.TakeLast(25).Select(o => o.Describe()))}\n{e.Message}", e);
+            }
         }
         Assert.True(ops.Count > 150);
     }

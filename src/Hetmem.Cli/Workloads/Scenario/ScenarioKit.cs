@@ -113,7 +113,8 @@ internal static class ScenarioKit
     {
         foreach (IDemoDevice dev in devices)
         {
-            ResultTable t = r.Table($"device {dev.Name}: {dev.Description}", "metric", "value").AlignRight(1);
+            ResultTable t = r.Table($"device {dev.Name}", "metric", "value").AlignRight(1);
+            t.AddRow("device", dev.Description);
             foreach ((string metric, string value) in dev.Stats())
             {
                 t.AddRow(metric, value);

@@ -47,6 +47,9 @@ internal sealed class DmirrorChunk
     /// <summary>The chunk is being torn down: freed pages do not return to the free lists (kernel: chunk-&gt;remove).</summary>
     public bool Remove;
 
+    /// <summary>Pages of the chunk currently allocated (guarded by the device's free-list lock).</summary>
+    public long InUse;
+
     /// <summary>Per page of a device-private chunk: the system page holding its data, or <see cref="Page.NoPfn"/>.</summary>
     public readonly ulong[] Backing;
 

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using Hetmem.Mm;
 using Hetmem.Physical;
 
 namespace Hetmem.Devices.Dmirror;
@@ -32,6 +31,7 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
     private readonly object _devmemLock = new();      // chunk creation/removal (kernel: devmem_lock)
     private readonly Lock _lock = new();               // free lists, counters, chunk Remove flags (kernel: mdevice->lock)
     private DmirrorChunk[] _chunks = [];               // copy-on-write under _devmemLock; read lock-free
+    private DmirrorChunk[] _dying = [];                // copy-on-write under _devmemLock; removed chunks whose pages are still being evicted
     private int _capacity;                             // guarded by _devmemLock (kernel: devmem_capacity)
     private ulong _freePages = Page.NoPfn;             // guarded by _lock; head of the single-page free list
     private ulong _freeFolios = Page.NoPfn;            // guarded by _lock; head of the 512-page folio free list
@@ -126,18 +126,24 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
         }
     }
 
-    /// <summary>Device pages currently allocated (allocated minus freed, over the chunks that still exist).</summary>
+    /// <summary>Device pages currently allocated, over the current chunks and removed ones not yet drained.</summary>
     public ulong PagesInUse
     {
         get
         {
-            ulong total = 0;
-            foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+            long total = 0;
+            lock (_lock)
             {
-                total += c.PageCount;
+                foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+                {
+                    total += c.InUse;
+                }
+                foreach (DmirrorChunk c in Volatile.Read(ref _dying))
+                {
+                    total += c.InUse;
+                }
             }
-            (ulong pages, ulong folios) = FreeListLengths;
-            return total - pages - folios * FolioPages;
+            return (ulong)total;
         }
     }
 
@@ -157,6 +163,13 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
     internal DmirrorChunk? FindChunk(ulong pfn)
     {
         foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+        {
+            if (c.Contains(pfn))
+            {
+                return c;
+            }
+        }
+        foreach (DmirrorChunk c in Volatile.Read(ref _dying))
         {
             if (c.Contains(pfn))
             {
@@ -263,6 +276,7 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
         DmirrorChunk c = FindChunk(p)!;
         head = c.Link[c.Offset(p)];
         _calloc += large ? FolioPages : 1;
+        c.InUse += large ? (long)FolioPages : 1;
         return p;
     }
 
@@ -354,6 +368,7 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
         }
         lock (_lock)
         {
+            c.InUse -= n;
             if (c.Remove)
             {
                 return;
@@ -400,32 +415,59 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
     /// <summary>
     /// Tears down every chunk (kernel: dmirror_device_remove_chunks, the RELEASE command): marks it removed, takes its
     /// free pages off the lists, evicts its pages in use back to system memory, and unregisters its page map. Later
-    /// allocations create new chunks.
+    /// allocations create new chunks. A chunk some of whose pages could not be evicted (pinned, or shared with another
+    /// process) stays registered until the driver is disposed, so those pages keep valid metadata.
     /// </summary>
     public void RemoveChunks()
     {
+        DmirrorChunk[] victims;
         lock (_devmemLock)
         {
-            DmirrorChunk[] chunks = _chunks;
-            foreach (DmirrorChunk c in chunks)
-            {
-                lock (_lock)
-                {
-                    c.Remove = true;
-                    RemoveFreePagesLocked(c);
-                }
-                EvictChunk(c);
-                Memory.UnregisterDevicePageMap(c.Map);
-            }
+            victims = _chunks;
             lock (_lock)
             {
+                foreach (DmirrorChunk c in victims)
+                {
+                    c.Remove = true;
+                }
                 _freePages = Page.NoPfn;
                 _freeFolios = Page.NoPfn;
             }
+            Volatile.Write(ref _dying, [.. _dying, .. victims]);
             Volatile.Write(ref _chunks, []);
             _capacity = 0;
         }
+        // Evict without holding devmem_lock: eviction takes mmap locks, and a migration holding an mmap lock may be
+        // waiting for devmem_lock to add a chunk.
+        foreach (DmirrorChunk c in victims)
+        {
+            EvictChunk(c);
+        }
+        lock (_devmemLock)
+        {
+            var kept = new List<DmirrorChunk>();
+            foreach (DmirrorChunk c in _dying)
+            {
+                long inUse;
+                lock (_lock)
+                {
+                    inUse = c.InUse;
+                }
+                if (inUse == 0 && victims.Contains(c))
+                {
+                    Memory.UnregisterDevicePageMap(c.Map);
+                }
+                else
+                {
+                    kept.Add(c);
+                }
+            }
+            Volatile.Write(ref _dying, [.. kept]);
+        }
     }
+
+    /// <summary>Chunks removed by <see cref="RemoveChunks"/> that still have pages in use (they could not be evicted).</summary>
+    public int StrandedChunkCount => Volatile.Read(ref _dying).Length;
 
     /// <summary>Evicts every page in use of every chunk back to system memory (kernel: the chunk loop of dmirror_fops_release).</summary>
     internal void EvictAllChunks()
@@ -434,41 +476,6 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
         {
             EvictChunk(c);
         }
-    }
-
-    private void RemoveFreePagesLocked(DmirrorChunk chunk)
-    {
-        _freePages = Filter(_freePages, chunk);
-        _freeFolios = Filter(_freeFolios, chunk);
-    }
-
-    private ulong Filter(ulong head, DmirrorChunk chunk)
-    {
-        ulong newHead = Page.NoPfn;
-        DmirrorChunk? tailChunk = null;
-        int tailOff = 0;
-        for (ulong p = head; p != Page.NoPfn;)
-        {
-            DmirrorChunk c = FindChunk(p)!;
-            int off = c.Offset(p);
-            ulong next = c.Link[off];
-            if (c != chunk)
-            {
-                c.Link[off] = Page.NoPfn;
-                if (tailChunk is null)
-                {
-                    newHead = p;
-                }
-                else
-                {
-                    tailChunk.Link[tailOff] = p;
-                }
-                tailChunk = c;
-                tailOff = off;
-            }
-            p = next;
-        }
-        return newHead;
     }
 
     /// <summary>Removes the chunks and frees the special-purpose memory (kernel: dmirror_device_remove).</summary>
@@ -493,7 +500,4 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
 
     /// <inheritdoc/>
     public override string ToString() => $"hmm_dmirror{Id} ({MemoryType})";
-
-    /// <summary>Looks up the VMA for a fault (helper for the migrate-to-RAM path; mmap lock held by the caller).</summary>
-    internal static Vma? FindVma(AddressSpace mm, ulong address) => mm.Vmas.Find(address);
 }

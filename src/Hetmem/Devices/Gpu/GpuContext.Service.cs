@@ -33,6 +33,10 @@ public sealed partial class GpuContext
         bool wantMigrate = vram && (forceMigrate || o.Placement == PlacementPolicy.MigrateOnFirstTouch);
         long now = GpuDevice.NowNs();
         GpuVaBlock block = GetOrCreateBlock(blockVa);
+        if (wantMigrate && !BlockMayMigrate(block, now))
+        {
+            wantMigrate = false;
+        }
         BlockMask toMigrate = default;
         BlockMask thrashing = default;
         _touched.Clear();
@@ -194,6 +198,32 @@ public sealed partial class GpuContext
         {
             mm.PutLiveReference();
         }
+    }
+
+    /// <summary>
+    /// Oversubscription thrashing, per block: a block faulted for migration again soon after its chunk was evicted
+    /// (<see cref="GpuDeviceOptions.EvictionThrashingNs"/>) would only evict another block that is still in use, so it
+    /// is pinned to system memory (mapped remotely) for <see cref="ThrashingOptions.PinNs"/>. UVM's per-page detector
+    /// ignores evictions and its 500 µs lapse is calibrated for hardware fault latency; this rule catches the
+    /// evict/refault cycle at the simulated device's speed.
+    /// </summary>
+    private bool BlockMayMigrate(GpuVaBlock block, long now)
+    {
+        if (now < block.PinnedUntilNs)
+        {
+            return false;
+        }
+        long evicted = Volatile.Read(ref block.LastEvictedNs);
+        ThrashingOptions t = Device.Options.Thrashing;
+        if (t.Enabled && evicted != 0 && now - evicted < Device.Options.EvictionThrashingNs)
+        {
+            block.PinnedUntilNs = now + t.PinNs;
+            Volatile.Write(ref block.LastEvictedNs, 0);
+            Device.Counters.Inc(GpuCounter.PinsRemote);
+            Trace("PinRemote", block.Va);
+            return false;
+        }
+        return true;
     }
 
     /// <summary>The first fault in <paramref name="r"/> that asked for something the failing get-pages could not give.</summary>

@@ -18,6 +18,8 @@ internal sealed class GpuVaBlock
     public ulong Va { get; }
     public VramChunk? Chunk;                 // guarded by the VRAM lock
     public PageThrashingState[]? Thrashing;  // guarded by the context's policy lock; allocated at the first migration event
+    public long LastEvictedNs;               // written under the VRAM lock, read by the servicing thread: when its chunk was evicted
+    public long PinnedUntilNs;               // servicing thread: the block is served from system memory until then
 }
 
 /// <summary>

@@ -106,6 +106,8 @@ public enum GpuCounter
     ReplayNs,
     /// <summary>Nanoseconds spent in the SVM garbage collector.</summary>
     GcNs,
+    /// <summary>Nanoseconds spent evicting VRAM chunks (subset of migration when it runs for a fault).</summary>
+    EvictNs,
     /// <summary>Number of counters.</summary>
     Count,
 }
@@ -194,6 +196,7 @@ public sealed class GpuCounters
         GpuCounter.MigrateNs => "time_migrate_ns",
         GpuCounter.ReplayNs => "time_replay_ns",
         GpuCounter.GcNs => "time_gc_ns",
+        GpuCounter.EvictNs => "time_evict_ns",
         _ => c.ToString(),
     };
 

@@ -13,8 +13,8 @@ public sealed unsafe partial class GpuDevice
     private readonly ulong[] _evictDst = new ulong[Vram.ChunkPages];   // guarded by _serviceLock
     private readonly CopyEngine _evictCopy = new(Vram.ChunkPages);     // guarded by _serviceLock
 
-    // Per CPU thread and per device (MigrateToRam runs on the faulting thread). Not [ThreadStatic]: a MigrateVma reused
-    // across physical memories keeps a stale page-map cache (see the report on MigrateVma.MapOf), so each device keeps its own.
+    // Per CPU thread and per device (MigrateToRam runs on the faulting thread): each device keeps its own request
+    // objects, so nothing cached in a MigrateVma ever crosses devices or physical memories (MigrateVmaReuseTests).
     private readonly ThreadLocal<(MigrateVma Migrate, CopyEngine Copy)> _cpuScratch = new(() =>
         (new MigrateVma { Src = new ulong[BlockMask.Pages], Dst = new ulong[BlockMask.Pages] }, new CopyEngine(BlockMask.Pages)));
 
@@ -58,6 +58,7 @@ public sealed unsafe partial class GpuDevice
     {
         ulong[] src = _evictSrc, dst = _evictDst;
         long moved = 0, bytes = 0;
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         if (MigrateDevice.MigrateDeviceRange(Memory, src, chunk.BasePfn, Vram.ChunkPages) == Errno.Ok)
         {
             Array.Clear(dst);
@@ -89,6 +90,7 @@ public sealed unsafe partial class GpuDevice
             MigrateDevice.Finalize(Memory, src, dst);
         }
         _vram!.Detach(chunk);
+        Counters.Add(GpuCounter.EvictNs, ElapsedNs(t0));
         Counters.Inc(GpuCounter.Evictions);
         Counters.Add(GpuCounter.PagesMigratedOut, moved);
         Counters.Add(GpuCounter.BytesDtoH, bytes);

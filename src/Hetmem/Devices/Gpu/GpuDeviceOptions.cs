@@ -70,6 +70,11 @@ public sealed record GpuDeviceOptions
     /// stalled warps are about to use (without it two blocks can evict each other on every fault).
     /// </summary>
     public long MinChunkResidencyNs { get; init; } = 2_000_000;
+    /// <summary>
+    /// A block faulted for migration again within this long after its VRAM chunk was evicted is thrashing the VRAM:
+    /// it is pinned to system memory for <see cref="ThrashingOptions.PinNs"/> (nanoseconds; default 20 ms).
+    /// </summary>
+    public long EvictionThrashingNs { get; init; } = 20_000_000;
     /// <summary>Pages a CPU fault on VRAM migrates back, aligned around the fault (1 = only the faulting page).</summary>
     public int CpuFaultMigratePages { get; init; } = 16;
     /// <summary>
@@ -99,6 +104,7 @@ public sealed record GpuDeviceOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxBatchesPerService);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(AccessCounterThreshold);
         ArgumentOutOfRangeException.ThrowIfNegative(MinChunkResidencyNs);
+        ArgumentOutOfRangeException.ThrowIfNegative(EvictionThrashingNs);
         if (AccessCounterGranularity < Physical.Page.Size || AccessCounterGranularity > Physical.Page.PmdSize
             || (AccessCounterGranularity & (AccessCounterGranularity - 1)) != 0)
         {

@@ -183,6 +183,7 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
             if (chunk.Owner is { } b)
             {
                 b.Chunk = null;
+                b.LastEvictedNs = GpuDevice.NowNs();
                 chunk.Owner = null;
                 _lru.Remove(chunk.LruNode);
             }

@@ -52,8 +52,7 @@ public sealed class ProtectionDomain : IDisposable
     /// implicit region without ON_DEMAND or with HUGETLB, a range that wraps, longer than max_mr_size, or the domain is
     /// deallocated. EFAULT: the range leaves user space, or (pinned) a page is unmapped, VM_IO/VM_PFNMAP, or not writable
     /// when write access was asked. EOPNOTSUPP: pinned registration of a file-system DAX mapping (long-term pins of fsdax
-    /// pages are refused, check_vma_flags), or pinned registration while get_user_pages is unavailable. ENOMEM: pinning
-    /// ran out of memory.
+    /// pages are refused, check_vma_flags). ENOMEM: pinning ran out of memory.
     /// </exception>
     public MemoryRegion RegMr(ulong addr, ulong length, AccessFlags access)
     {

@@ -318,4 +318,60 @@ public sealed class OdpBasicsTests : IDisposable
         Assert.Equal(1, named[3].Value);
         Assert.Contains("page_invalidations 1", mr.Stats.ToString(), StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void ExitOfTheRegisteringProcessZapsEveryTranslationAndLaterAccessesFail()
+    {
+        var owner = new AddressSpace(_bed.Memory);
+        ProtectionDomain pd = _bed.ServerDev.AllocPd(owner);
+        ulong a = owner.Mmap(0, 8 * Page.Size, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+        using (var cpu = new Cpu(owner))
+        {
+            cpu.Fill(a, 8 * Page.Size, 0x5A);
+        }
+        var mr = (OdpMemoryRegion)pd.RegMr(a, 8 * Page.Size, Rw);
+        _bed.UseServerPd(pd);
+        Assert.Equal(0x5A5A5A5A5A5A5A5AL, Le64(_bed.Read(a, mr.Rkey, 8).Data));
+        Assert.Equal(8, mr.PresentPages);
+        long used = _bed.Memory.UsedFrames;
+        owner.Exit();
+        Assert.Equal(0, mr.PresentPages);
+        Assert.True(_bed.Memory.UsedFrames < used);
+        WorkCompletion wc = _bed.Post(new SendWr { Opcode = WrOpcode.RDMA_READ, SgList = [new Sge(_bed.ClientBuf, 8, _bed.ClientMr.Lkey)], RemoteAddr = a, Rkey = mr.Rkey });
+        Assert.Equal((WcStatus.REM_ACCESS_ERR, (uint)Errno.EFAULT), (wc.Status, wc.VendorErr));
+        mr.Deregister();
+        pd.Dispose();
+    }
+
+    [Fact]
+    public void DeregisteringWhileRemoteReadsRunLetsTheReadsFinishAndRefusesTheRest()
+    {
+        (ulong a, OdpMemoryRegion mr) = Region(4 * Mib);
+        int posted = 0;
+        for (; posted < 32; posted++)
+        {
+            _bed.ClientQp.PostSend(new SendWr { WrId = (ulong)posted, Opcode = WrOpcode.RDMA_READ, SendFlags = SendFlags.SIGNALED, SgList = [new Sge(_bed.ClientBuf, (uint)Mib, _bed.ClientMr.Lkey)], RemoteAddr = a + (ulong)(posted % 4) * Mib, Rkey = mr.Rkey });
+        }
+        mr.Deregister();
+        int ok = 0;
+        int refused = 0;
+        for (int i = 0; i < posted; i++)
+        {
+            WorkCompletion wc = _bed.ClientCq.Wait(WaitTime);
+            Assert.Equal((ulong)i, wc.WrId);
+            if (wc.Status == WcStatus.SUCCESS)
+            {
+                Assert.Equal(0, refused); // once the key is gone it stays gone
+                ok++;
+            }
+            else
+            {
+                Assert.Equal(WcStatus.REM_ACCESS_ERR, wc.Status);
+                refused++;
+            }
+        }
+        Assert.Equal(posted, ok + refused);
+        Assert.True(refused > 0);
+        Assert.Equal(QpState.RTS, _bed.ClientQp.State);
+    }
 }

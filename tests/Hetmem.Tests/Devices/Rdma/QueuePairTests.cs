@@ -143,6 +143,17 @@ public sealed class QueuePairTests : IDisposable
     }
 
     [Fact]
+    public void AReceiveWhoseBufferIsUnusableIsARemoteOperationalError()
+    {
+        _bed.ServerQp.PostRecv(new RecvWr { WrId = 3, SgList = [new Sge(0x1000, 64, 0xDEAD01)] });
+        WorkCompletion wc = _bed.Post(new SendWr { Opcode = WrOpcode.SEND, SgList = [new Sge(_bed.ClientBuf, 16, _bed.ClientMr.Lkey)] });
+        Assert.Equal(WcStatus.REM_OP_ERR, wc.Status);
+        WorkCompletion rc = _bed.ServerCq.Wait(WaitTime);
+        Assert.Equal((3UL, WcStatus.LOC_PROT_ERR), (rc.WrId, rc.Status));
+        Assert.Equal(QpState.RTS, _bed.ClientQp.State);
+    }
+
+    [Fact]
     public void ASendWithNoReceivePostedRunsOutOfRnrRetries()
     {
         using var bed = new RdmaTestBed(attr: new QpAttr { RnrRetry = 2, MinRnrTimer = TimeSpan.FromMilliseconds(1) });

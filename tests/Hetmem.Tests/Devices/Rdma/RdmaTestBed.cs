@@ -60,11 +60,22 @@ internal sealed class RdmaTestBed : IDisposable
     public ulong MapServer(ulong bytes, Prot prot = Prot.Read | Prot.Write) =>
         ServerMm.Mmap(0, bytes, prot, MapFlags.Private | MapFlags.Anonymous);
 
+    /// <summary>Points the client at a new server QP of <paramref name="serverPd"/> (regions of another domain are unreachable through the first one).</summary>
+    public void UseServerPd(ProtectionDomain serverPd)
+    {
+        QueuePair s = serverPd.CreateQp(new QpInitAttr(ServerCq, ServerCq));
+        QueuePair c = ClientPd.CreateQp(new QpInitAttr(ClientCq, ClientCq));
+        QueuePair.ConnectPair(c, s);
+        _qp = c;
+    }
+
+    private QueuePair? _qp;
+
     public WorkCompletion Post(SendWr wr)
     {
         wr.WrId = ++_wrId;
         wr.SendFlags |= SendFlags.SIGNALED;
-        ClientQp.PostSend(wr);
+        (_qp ?? ClientQp).PostSend(wr);
         WorkCompletion wc = ClientCq.Wait(WaitTime);
         Assert.Equal(wr.WrId, wc.WrId);
         return wc;

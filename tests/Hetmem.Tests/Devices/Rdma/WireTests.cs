@@ -200,3 +200,77 @@ public sealed class WireTests : IDisposable
         Assert.Equal(Pattern(4 * Page.Size, 1).AsSpan(2 * Page.Size, 10).ToArray(), ReadRemote(_a + 2 * Page.Size, _mrA.Rkey, 10, 27));
     }
 }
+/// <summary>A hand-written responder that answers a real requester wrongly.</summary>
+public sealed class FakeResponderTests
+{
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AnAnswerOfTheWrongKindOrLengthIsABadResponseAndEndsTheQp(bool wrongKind)
+    {
+        using var memory = new PhysicalMemory(16UL << 20);
+        var mm = new AddressSpace(memory);
+        using var dev = new RdmaDevice("req_rxe");
+        ProtectionDomain pd = dev.AllocPd(mm);
+        CompletionQueue cq = dev.CreateCq();
+        QueuePair qp = pd.CreateQp(new QpInitAttr(cq, cq));
+        ulong buf = mm.Mmap(0, Page.Size, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous);
+        MemoryRegion local = pd.RegMr(buf, Page.Size, AccessFlags.LOCAL_WRITE | AccessFlags.ON_DEMAND);
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        listener.Listen(1);
+        Exception? fakeFailed = null;
+        var fake = new Thread(() =>
+        {
+            try
+            {
+                Serve();
+            }
+            catch (Exception ex) when (ex is SocketException or Xunit.Sdk.XunitException)
+            {
+                fakeFailed = ex;
+            }
+        });
+
+        void Serve()
+        {
+            using Socket s = listener.Accept();
+            byte[] hdr = new byte[RdmaWire.HeaderSize];
+            Receive(s, hdr);
+            Assert.True(RdmaWire.TryReadHeader(hdr, out WireHeader req) && req.Opcode == WireOpcode.CONNECT_REQUEST);
+            RdmaWire.WriteHeader(hdr, new WireHeader { Opcode = WireOpcode.CONNECT_REPLY, Data1 = 0x99, Data2 = 7 });
+            s.Send(hdr);
+            Receive(s, hdr);
+            Assert.True(RdmaWire.TryReadHeader(hdr, out WireHeader read) && read.Opcode == WireOpcode.RDMA_READ_REQUEST);
+            byte[] answer = new byte[RdmaWire.HeaderSize + 4];
+            RdmaWire.WriteHeader(answer, wrongKind
+                ? new WireHeader { Opcode = WireOpcode.ATOMIC_ACKNOWLEDGE, Psn = read.Psn, Data1 = 1 }
+                : new WireHeader { Opcode = WireOpcode.RDMA_READ_RESPONSE, Psn = read.Psn, PayloadLength = 4 });
+            s.Send(wrongKind ? answer.AsSpan(0, RdmaWire.HeaderSize) : answer);
+            s.Receive(new byte[1]); // until the requester goes away
+        }
+
+        fake.Start();
+        qp.Connect((System.Net.IPEndPoint)listener.LocalEndPoint!, 0x99);
+        qp.PostSend(new SendWr { WrId = 7, Opcode = WrOpcode.RDMA_READ, SendFlags = SendFlags.SIGNALED, SgList = [new Sge(buf, 8, local.Lkey)], RemoteAddr = 0x1000, Rkey = 5 });
+        WorkCompletion wc = cq.Wait(TimeSpan.FromSeconds(20));
+        Assert.Equal((7UL, WcStatus.BAD_RESP_ERR), (wc.WrId, wc.Status));
+        Assert.Equal(QpState.ERR, qp.State);
+        qp.Dispose();
+        fake.Join();
+        mm.Exit();
+        Assert.Null(fakeFailed);
+        Assert.Equal(0, dev.InternalErrors);
+    }
+
+    private static void Receive(Socket s, byte[] b)
+    {
+        int got = 0;
+        while (got < b.Length)
+        {
+            int n = s.Receive(b, got, b.Length - got, SocketFlags.None);
+            Assert.True(n > 0);
+            got += n;
+        }
+    }
+}

@@ -4,7 +4,8 @@ namespace Hetmem.Devices.Dmirror.SelfTests;
 
 /// <summary>
 /// The equivalent of the kernel's gup_test module (mm/gup_test.c) for hmm_gup_test: one get_user_pages or
-/// pin_user_pages call with write intent, then the pages are released.
+/// pin_user_pages call with write intent through <see cref="AddressSpace.GetUserPages"/>, then the pages are released
+/// with <see cref="AddressSpace.UnpinUserPages"/> (put_page / unpin_user_pages).
 /// </summary>
 internal static class Gup
 {
@@ -23,12 +24,31 @@ internal static class Gup
     /// <summary>0 on success, else a positive errno (kernel test: gup_test_exec returns errno).</summary>
     public static int Exec(AddressSpace mm, ulong addr, Kind kind, int npages, bool longTerm, out string? error)
     {
-        _ = mm;
-        _ = addr;
-        _ = kind;
-        _ = npages;
-        _ = longTerm;
-        error = "GUP is missing: AddressSpace.GetUserPages / UnpinUserPages (apis.md (2), src/Hetmem/Mm/AddressSpace.Gup.cs, Mm team) do not exist yet";
-        return (int)Errno.EOPNOTSUPP;
+        GupFlags flags = GupFlags.Write | kind switch
+        {
+            Kind.Basic => GupFlags.None,
+            Kind.Fast => GupFlags.Fast,
+            Kind.PinFast => GupFlags.Pin | GupFlags.Fast,
+            _ => GupFlags.Pin | GupFlags.LongTerm,
+        };
+        if (longTerm)
+        {
+            flags |= GupFlags.LongTerm;
+        }
+        var pfns = new ulong[npages];
+        Errno e = mm.GetUserPages(addr, npages, flags, pfns, out int done);
+        if (e != Errno.Ok)
+        {
+            error = $"GetUserPages(0x{addr:x}, {npages}, {flags}) returned {e}";
+            return (int)e;
+        }
+        mm.UnpinUserPages(pfns.AsSpan(0, done), makeDirty: false);
+        if (done != npages)
+        {
+            error = $"GetUserPages(0x{addr:x}, {npages}, {flags}) referenced only {done} pages";
+            return (int)Errno.EFAULT;
+        }
+        error = null;
+        return 0;
     }
 }

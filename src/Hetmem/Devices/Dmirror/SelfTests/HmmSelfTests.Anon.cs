@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Hetmem.Mm;
 
 namespace Hetmem.Devices.Dmirror.SelfTests;
@@ -392,6 +391,4 @@ internal static partial class HmmSelfTests
         self.AssertInts(buffer.Mirror, 0, size / 4, i => (int)i, "mirror");
         self.BufferFree(buffer);
     }
-
-    private static int[] Ints(byte[] bytes) => MemoryMarshal.Cast<byte, int>(bytes).ToArray();
 }

@@ -63,7 +63,6 @@ internal static partial class HmmSelfTests
     /// <summary>Migrate, fault half back by CPU reads, migrate the mix again.</summary>
     private static void MigrateFault(HmmSelf self)
     {
-        HmmProcess p = self.P;
         HmmBuffer buffer = AnonBuffer(self, out ulong npages, out ulong size, i => (int)i);
         int ret = self.MigrateSysToDev(self.Fd, buffer, npages);
         self.AssertEq(ret, 0);
@@ -77,7 +76,6 @@ internal static partial class HmmSelfTests
         self.AssertEq(ret, 0);
         self.AssertEq(buffer.Cpages, npages);
         self.AssertInts(buffer.Mirror, 0, size / 4, i => (int)i, "mirror");
-        _ = p;
         self.BufferFree(buffer);
     }
 
