@@ -14,6 +14,8 @@ internal static class DemoDevices
         ("mirror", mm => new MiniMirror("mirror0", mm)),
         ("mirror", mm => new MiniMirror("mirror1", mm)),
         ("dmirror", mm => new DmirrorDemoDevice(mm)),
+        ("gpu", mm => new GpuDemoDevice(mm)),
+        ("rdma", mm => new RdmaDemoDevice(mm)),
     ];
 
     /// <summary>Creates every device over <paramref name="mm"/>; a device that cannot start is disposed with the others on failure.</summary>

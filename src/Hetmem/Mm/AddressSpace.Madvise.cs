@@ -73,12 +73,7 @@ public sealed unsafe partial class AddressSpace
                 {
                     case Advice.DontNeed or Advice.Free when special || (v.Flags & VmFlags.Locked) != 0:
                     case Advice.Free when v.Kind != VmaKind.Anonymous:
-                    case Advice.PopulateRead or Advice.PopulateWrite when special:
                         MmException.Throw(Errno.EINVAL, $"madvise({advice}) is not valid for {v}");
-                        break;
-                    case Advice.PopulateWrite when (v.Flags & VmFlags.Write) == 0:
-                    case Advice.PopulateRead when (v.Flags & VmFlags.Read) == 0:
-                        MmException.Throw(Errno.EINVAL, $"madvise({advice}) needs {(advice == Advice.PopulateWrite ? "write" : "read")} permission on {v}");
                         break;
                 }
             }
@@ -157,13 +152,26 @@ public sealed unsafe partial class AddressSpace
                     break;
                 case Advice.PopulateRead:
                 case Advice.PopulateWrite:
-                    foreach (Vma v in vmas)
+                    // Kernel: madvise_populate walks the range in order and stops at the first problem: a hole is
+                    // ENOMEM, a VMA it may not fault is EINVAL, SIGBUS/SIGSEGV is EFAULT.
+                    for (ulong cur = address; cur < end;)
                     {
-                        VmFault r = PopulateVmaLocked(v, Math.Max(v.Start, address), Math.Min(v.End, end), advice == Advice.PopulateWrite);
+                        Vma? v = Vmas.Find(cur);
+                        if (v is null)
+                        {
+                            MmException.Throw(Errno.ENOMEM, $"madvise({advice}): 0x{cur:x} is not mapped");
+                        }
+                        bool writeAdvice = advice == Advice.PopulateWrite;
+                        if ((v.Flags & (VmFlags.PfnMap | VmFlags.Io)) != 0 || (v.Flags & (writeAdvice ? VmFlags.Write : VmFlags.Read)) == 0)
+                        {
+                            MmException.Throw(Errno.EINVAL, $"madvise({advice}) cannot fault in {v}");
+                        }
+                        VmFault r = PopulateVmaLocked(v, cur, Math.Min(v.End, end), writeAdvice);
                         if (r != VmFault.Ok)
                         {
                             MmException.Throw(r == VmFault.Oom ? Errno.ENOMEM : Errno.EFAULT, $"madvise({advice}) could not fault in {v}: {r}");
                         }
+                        cur = v.End;
                     }
                     break;
             }

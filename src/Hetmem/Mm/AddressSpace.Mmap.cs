@@ -183,6 +183,10 @@ public sealed unsafe partial class AddressSpace
                     MmException.Throw(Errno.EEXIST, $"[0x{start:x}, 0x{start + len:x}) overlaps an existing mapping");
                 }
             }
+            else if (file?.Kind == MappableKind.Dax && align == Page.Size && len >= Page.PmdSize)
+            {
+                start = GetUnmappedAreaHugeLocked(address, len, offset);
+            }
             else
             {
                 start = GetUnmappedAreaLocked(address, len, align);
@@ -298,6 +302,31 @@ public sealed unsafe partial class AddressSpace
     /// Finds a free range (kernel: get_unmapped_area, top-down). A hint is rounded down to the page (up to the huge
     /// page for hugetlb) and used as is when that range is free.
     /// </summary>
+    /// <summary>
+    /// Places a DAX file mapping so that its virtual address and file offset agree modulo the PMD (or PUD, for
+    /// 1 GiB and more) size, letting faults install huge entries (kernel: thp_get_unmapped_area). A free hint wins.
+    /// </summary>
+    private ulong GetUnmappedAreaHugeLocked(ulong hint, ulong len, ulong offset)
+    {
+        if (hint != 0)
+        {
+            ulong h = Page.AlignDown(hint, Page.Size);
+            if (h >= MmapMinAddr && len <= TaskSize && h <= TaskSize - len && Vmas.IsFree(h, h + len))
+            {
+                return h;
+            }
+        }
+        ulong huge = len >= Page.PudSize ? Page.PudSize : Page.PmdSize;
+        ulong padded = len + huge;
+        if (padded > len && padded <= TaskSize
+            && (Vmas.TryFindGapTopDown(padded, Page.Size, MmapMinAddr, MmapBase, out ulong? a)
+                || Vmas.TryFindGapTopDown(padded, Page.Size, MmapMinAddr, TaskSize, out a)))
+        {
+            return a.Value + ((offset - a.Value) & (huge - 1));
+        }
+        return GetUnmappedAreaLocked(0, len, Page.Size);
+    }
+
     private ulong GetUnmappedAreaLocked(ulong hint, ulong len, ulong align)
     {
         if (hint != 0)

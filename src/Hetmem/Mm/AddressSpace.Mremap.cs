@@ -103,20 +103,30 @@ public sealed unsafe partial class AddressSpace
                 }
                 return oldAddress;
             }
-            if (oldLen > vma.End - oldAddress)
+            // A fixed move that shrinks unmaps the old tail first (kernel: mremap_to), so only the kept part must fit.
+            ulong keptLen = fixedMove ? Math.Min(oldLen, newLen) : oldLen;
+            bool multi = false;
+            if (keptLen > vma.End - oldAddress)
             {
-                if ((fixedMove || dontUnmap) && oldLen == newLen)
+                // Linux 6.17+: a move that does not resize may span several VMAs and the holes between them.
+                multi = (fixedMove || dontUnmap) && oldLen == newLen;
+                if (!multi)
                 {
-                    // Linux 6.17+: a fixed move without resize may span several VMAs (and the holes between them).
-                    return MoveRangeLocked(oldAddress, oldLen, fixedMove ? newAddress : 0, dontUnmap);
+                    MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) runs past the end of {vma}");
                 }
-                MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) runs past the end of {vma}");
+                foreach (Vma v in Vmas.Intersecting(oldAddress, oldAddress + keptLen))
+                {
+                    if (v.Kind == VmaKind.HugeTlb || (v.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
+                    {
+                        MmException.Throw(Errno.EFAULT, $"mremap: {v} cannot be moved together with other VMAs");
+                    }
+                }
             }
             if (oldLen == 0 && !vma.IsShared)
             {
                 MmException.Throw(Errno.EINVAL, "mremap: an old length of 0 duplicates only shared mappings");
             }
-            if ((vma.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
+            if (!multi && (vma.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
             {
                 if (dontUnmap)
                 {
@@ -127,7 +137,7 @@ public sealed unsafe partial class AddressSpace
                     MmException.Throw(Errno.EFAULT, $"mremap: {vma} cannot grow");
                 }
             }
-            if (!fixedMove && !dontUnmap && oldLen != 0)
+            if (!fixedMove && !dontUnmap && oldLen != 0 && !multi)
             {
                 // Grow in place when the VMA ends with the old range and the space after it is free.
                 ulong growEnd = oldAddress + newLen;
@@ -151,7 +161,10 @@ public sealed unsafe partial class AddressSpace
             ulong target = fixedMove ? newAddress : GetUnmappedAreaLocked(0, newLen, align);
             if (fixedMove)
             {
-                UnmapForMremapLocked(target, newLen);
+                if (!multi)
+                {
+                    UnmapForMremapLocked(target, newLen);   // a multi-VMA move unmaps the target piece by piece
+                }
                 if (oldLen > newLen)
                 {
                     UnmapForMremapLocked(oldAddress + newLen, oldLen - newLen);
@@ -161,6 +174,10 @@ public sealed unsafe partial class AddressSpace
             if (oldLen == 0)
             {
                 return DuplicateSharedLocked(vma, oldAddress, target, newLen);
+            }
+            if (multi)
+            {
+                return MoveRangeLocked(oldAddress, oldLen, target, dontUnmap && !fixedMove, dontUnmap);
             }
             return MoveVmaLocked(oldAddress, oldLen, target, newLen, dontUnmap);
         }
@@ -185,31 +202,21 @@ public sealed unsafe partial class AddressSpace
 
     /// <summary>
     /// Moves every VMA piece of [<paramref name="oldAddress"/>, +<paramref name="len"/>) to the same offset from
-    /// <paramref name="target"/> (0: a free range), holes included (kernel 6.17+: remap_move over several VMAs). Only
-    /// ordinary VMAs may take part; the target range is unmapped first.
+    /// <paramref name="target"/>, leaving the holes between them (kernel 6.17+: a move over several VMAs). Each
+    /// piece's target is unmapped just before it moves, unless <paramref name="targetIsFree"/>; the caller checked that
+    /// every VMA may take part.
     /// </summary>
-    private ulong MoveRangeLocked(ulong oldAddress, ulong len, ulong target, bool dontUnmap)
+    private ulong MoveRangeLocked(ulong oldAddress, ulong len, ulong target, bool targetIsFree, bool dontUnmap)
     {
-        List<Vma> vmas = Vmas.Snapshot(oldAddress, oldAddress + len);
-        foreach (Vma v in vmas)
-        {
-            if (v.Kind == VmaKind.HugeTlb || (v.Flags & (VmFlags.DontExpand | VmFlags.PfnMap)) != 0)
-            {
-                MmException.Throw(Errno.EFAULT, $"mremap: {v} cannot be moved together with other VMAs");
-            }
-        }
-        if (target == 0)
-        {
-            target = GetUnmappedAreaLocked(0, len, Page.Size);
-        }
-        else
-        {
-            UnmapForMremapLocked(target, len);
-        }
-        foreach (Vma v in vmas)
+        foreach (Vma v in Vmas.Snapshot(oldAddress, oldAddress + len))
         {
             ulong s = Math.Max(v.Start, oldAddress), e = Math.Min(v.End, oldAddress + len);
-            MoveVmaLocked(s, e - s, target + (s - oldAddress), e - s, dontUnmap);
+            ulong t = target + (s - oldAddress);
+            if (!targetIsFree)
+            {
+                UnmapForMremapLocked(t, e - s);
+            }
+            MoveVmaLocked(s, e - s, t, e - s, dontUnmap);
         }
         return target;
     }

@@ -33,61 +33,114 @@ public static unsafe class Reclaim
             }
             ulong pfn = e.Pfn;
             ref FrameInfo f = ref mem.Frame(pfn);
-            if (f.Order != 0 || (f.Flags & (uint)FrameFlags.Tail) != 0 || Volatile.Read(ref f.MapCount) != 1 || !mem.TryLockFrame(pfn))
+            if (f.Order != 0 || (f.Flags & (uint)FrameFlags.Tail) != 0 || Volatile.Read(ref f.MapCount) != 1)
             {
                 continue;
             }
+            if (f.Has(FrameFlags.Anon))
+            {
+                if (PageOutAnon(space, a, slot, e))
+                {
+                    reclaimed++;
+                }
+                continue;
+            }
+            if (vma.File is not { Kind: MappableKind.PageCache } file || !mem.TryLockFrame(pfn))
+            {
+                continue;
+            }
+            bool dropped;
             try
             {
-                bool anon = f.Has(FrameFlags.Anon);
-                if (anon)
+                // A clean page-cache page: the dirty bit moves to the page (a write after this point must set the
+                // entry's dirty bit first, which makes the replacement below fail), then the entry goes.
+                if (e.IsDirty)
                 {
-                    if (space.Swap is null || Volatile.Read(ref f.RefCount) != 1)
-                    {
-                        continue;
-                    }
-                    if (space.Swap.Allocate(out uint swapSlot) != Errno.Ok)
-                    {
-                        continue;
-                    }
-                    space.Swap.Write(swapSlot, mem.FrameSpan(pfn));
-                    if (!ReplaceEntry(space, a, slot, e, Pte.MakeSwap(SwapEntryType.Swap, swapSlot, false)))
-                    {
-                        space.Swap.Free(swapSlot);
-                        continue;
-                    }
-                    Counters.Inc(Counter.SwapOut);
+                    file.MarkDirty(f.Index);
                 }
-                else if (vma.File is { Kind: MappableKind.PageCache } file)
+                dropped = ReplaceEntry(space, a, slot, e, Pte.None);
+                if (dropped)
                 {
-                    if (e.IsDirty)
-                    {
-                        file.MarkDirty(f.Index);
-                    }
-                    if (!ReplaceEntry(space, a, slot, e, Pte.None))
-                    {
-                        continue;
-                    }
+                    mem.RemoveMap(pfn);
                     Counters.Inc(Counter.PageCacheDropped);
                 }
-                else
-                {
-                    continue;
-                }
-                mem.RemoveMap(pfn);
-                reclaimed++;
             }
             finally
             {
                 mem.UnlockFrame(pfn);
             }
-            mem.Put(pfn);
-            if (vma.File is PageCacheFile pcf)
+            if (dropped)
             {
-                pcf.TryReclaimPage(pfn);
+                reclaimed++;
+                mem.Put(pfn);
+                if (file is PageCacheFile pcf)
+                {
+                    pcf.TryReclaimPage(pfn);
+                }
             }
         }
         return reclaimed;
+    }
+
+    /// <summary>
+    /// Swaps out one exclusive anonymous page (kernel: try_to_unmap + pageout + __remove_mapping): the entry first
+    /// becomes a migration entry (CLEAR bracket, TLB shootdown), so no CPU can write the page while it is copied to
+    /// swap and a fault waits for the copy; then the migration entry becomes the swap entry and the page is freed.
+    /// </summary>
+    private static bool PageOutAnon(AddressSpace space, ulong a, ulong* slot, Pte e)
+    {
+        PhysicalMemory mem = space.Memory;
+        SwapStore? swap = space.Swap;
+        ulong pfn = e.Pfn;
+        if (swap is null || Volatile.Read(ref mem.Frame(pfn).RefCount) != 1 || !mem.TryGet(pfn))
+        {
+            return false;
+        }
+        if (!mem.TryLockFrame(pfn))
+        {
+            mem.Put(pfn);
+            return false;
+        }
+        bool done = false;
+        try
+        {
+            if (Volatile.Read(ref mem.Frame(pfn).RefCount) != 2 || swap.Allocate(out uint swapSlot) != Errno.Ok)
+            {
+                return false;
+            }
+            Pte migration = Pte.MakeSwap(SwapEntryType.Migration, pfn, e.IsWritable);
+            if (!ReplaceEntry(space, a, slot, e, migration))
+            {
+                swap.Free(swapSlot);
+                return false;
+            }
+            bool written = swap.Write(swapSlot, mem.FrameSpan(pfn)) == Errno.Ok;
+            lock (space.PtlFor(slot))
+            {
+                if (*slot == migration.Value)
+                {
+                    *slot = written ? Pte.MakeSwap(SwapEntryType.Swap, swapSlot, false).Value : e.Value;
+                    done = written;
+                }
+            }
+            if (done)
+            {
+                // The mapping's map count and reference go with the entry it had.
+                mem.RemoveMap(pfn);
+                mem.Put(pfn);
+                Counters.Inc(Counter.SwapOut);
+            }
+            else
+            {
+                swap.Free(swapSlot);
+            }
+            return done;
+        }
+        finally
+        {
+            mem.UnlockFrame(pfn);
+            mem.Put(pfn);
+        }
     }
 
     private static bool ReplaceEntry(AddressSpace space, ulong a, ulong* slot, Pte expected, Pte replacement)

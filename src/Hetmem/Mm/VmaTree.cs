@@ -380,6 +380,11 @@ public sealed class VmaTree
         }
     }
 
+    /// <summary>Height of the treap (tests: expected O(log n)).</summary>
+    internal int Depth => DepthOf(_root);
+
+    private static int DepthOf(Node? n) => n is null ? 0 : 1 + Math.Max(DepthOf(n.Left), DepthOf(n.Right));
+
     /// <summary>Checks the treap's order, heap and augmentation invariants (tests and debug checks).</summary>
     /// <exception cref="InvalidOperationException">When an invariant is broken.</exception>
     internal void CheckInvariants()

@@ -101,4 +101,29 @@ public sealed class DemoDeviceTests : IDisposable
         Assert.Equal(Errno.EFAULT, d.ReadInt64(_a, out _));
         Assert.Equal(-1, d.Invalidations(MmuNotifierEvent.Unmap));
     }
+
+    [Theory]
+    [InlineData("gpu")]
+    [InlineData("rdma")]
+    public void TheGpuAndRdmaAdaptersReadTheCpusDataAndLoseTheirTranslationsOnMunmap(string family)
+    {
+        using IDemoDevice d = family == "gpu" ? new GpuDemoDevice(_mm, "t-gpu0") : new RdmaDemoDevice(_mm, "t-rxe0");
+        d.Attach(_a, Pages * Page.Size, "anon");
+        Assert.Equal(Errno.Ok, d.Fault(_a, _a + (Pages * Page.Size), write: false));
+        Assert.Equal(Pages, d.ValidPages(_a, _a + (Pages * Page.Size)));
+        Span<long> words = stackalloc long[1];
+        Assert.Equal(Errno.Ok, d.ReadWords(_a + (7 * Page.Size), [0], words));
+        Assert.Equal(107, words[0]);
+        Assert.Equal(Errno.Ok, d.WriteInt64(_a + (7 * Page.Size) + 64, 99));
+        using (var cpu = new Cpu(_mm))
+        {
+            Assert.Equal(99, cpu.Read<long>(_a + (7 * Page.Size) + 64));
+        }
+        _mm.Mprotect(_a, Page.Size, Prot.Read);
+        Assert.Equal(0, d.WritablePages(_a, _a + Page.Size));
+        Assert.Equal(Errno.EPERM, d.WriteInt64(_a, 1));
+        _mm.Munmap(_a + Page.Size, (Pages - 1) * Page.Size);
+        Assert.Equal(0, d.ValidPages(_a + Page.Size, _a + (Pages * Page.Size)));
+        Assert.Equal(Errno.EFAULT, d.ReadInt64(_a + (2 * Page.Size), out _));
+    }
 }

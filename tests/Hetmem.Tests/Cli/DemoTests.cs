@@ -27,7 +27,7 @@ public sealed class DemoTests : IDisposable
         JsonElement demo = doc.RootElement.GetProperty("workloads")[0];
         Assert.True(doc.RootElement.GetProperty("passed").GetBoolean());
         string[] sections = [.. demo.GetProperty("checks").EnumerateArray().Select(c => c.GetProperty("section").GetString()!).Distinct()];
-        Assert.Equal(["physical", "dax", "mm", "mirror0", "mirror1", "dmirror0", "mirror-race"], sections);
+        Assert.Equal(["physical", "dax", "mm", "mirror0", "mirror1", "dmirror0", "gpu0", "rxe0", "mirror-race"], sections);
         Assert.True(File.Exists(Path.Combine(dax, "demo-fs.dax")), "--dax-dir keeps the DAX file system's namespace file");
 
         // The tables: maps (with PMD entries for DAX and hugetlbfs), counters, one per device.
@@ -37,7 +37,7 @@ public sealed class DemoTests : IDisposable
         Assert.Contains(rows, row => row[2] == "Dax" && row[5] != "0/0");
         Assert.Contains(rows, row => row[2] == "HugeTlb" && row[5] != "0/0");
         Assert.Contains(tables, t => t.GetProperty("title").GetString()!.StartsWith("counters", StringComparison.Ordinal));
-        foreach (string device in new[] { "mirror0", "mirror1", "dmirror0" })
+        foreach (string device in new[] { "mirror0", "mirror1", "dmirror0", "gpu0", "rxe0" })
         {
             Assert.Contains(tables, t => t.GetProperty("title").GetString() == $"device {device}");
         }
@@ -66,6 +66,7 @@ public sealed class DemoTests : IDisposable
         Assert.Contains("cpu1", tracks);
         Assert.Contains("mirror0", tracks);
         Assert.Contains("dmirror0", tracks);
+        Assert.Contains("gpu0", tracks);
     }
 
     [Fact]

@@ -30,6 +30,7 @@ internal sealed class AddressSpaceSection : IWorkload
     public WorkloadResult Run(WorkloadContext context)
     {
         var r = new WorkloadResult(Name);
+        ScenarioKit.RamGauge(context);
         var deviceResults = new Dictionary<string, WorkloadResult>(StringComparer.Ordinal);
         IReadOnlyDictionary<string, long> countersAtStart = Counters.Snapshot();
         ulong ram = context.Memory.RamBytes;
@@ -271,6 +272,10 @@ internal sealed class AddressSpaceSection : IWorkload
             // ---- 4. munmap a hole in the lower half of the anonymous region -----------------------------------
             Report(context, "munmap a hole in the anonymous region", 5);
             ulong holeStart = anon.Start + Page.AlignDown(anon.Length / 4, Page.Size), holeEnd = holeStart + Page.AlignDown(anon.Length / 8, Page.Size);
+            foreach (IDemoDevice dev in devices)
+            {
+                ScenarioKit.Require(dev.Fault(holeStart, holeEnd, write: false), $"{dev.Name} fault of the range about to be unmapped");
+            }
             var unmapBefore = devices.ToDictionary(d => d.Name, d => d.Invalidations(MmuNotifierEvent.Unmap));
             var validBefore = devices.ToDictionary(d => d.Name, d => d.ValidPages(holeStart, holeEnd));
             r.Check("after munmap the CPU gets SIGSEGV (MAPERR) in the hole and the VMA is split in three", () =>
@@ -416,7 +421,7 @@ internal sealed class AddressSpaceSection : IWorkload
 
             // ---- 7. report ------------------------------------------------------------------------------------
             Report(context, "maps, counters, exit", 8);
-            ScenarioKit.MapsTable(r, mm.Maps());
+            ScenarioKit.MapsTable(r, mm.Maps(), ScenarioKit.RegionLabels(regions));
             var releaseBefore = devices.ToDictionary(d => d.Name, d => d.Invalidations(MmuNotifierEvent.Release));
             mm.Exit();
             foreach (IDemoDevice dev in devices)

@@ -24,6 +24,7 @@ internal sealed class AnonCowWorkload : IWorkload
     public WorkloadResult Run(WorkloadContext context)
     {
         var r = new WorkloadResult(Name);
+        ScenarioKit.RamGauge(context);
         ulong len = Math.Clamp(Page.AlignDown(context.Memory.RamBytes / 32, Page.PmdSize), Page.PmdSize, 16UL << 20);
         using var rig = new MemoryRig(context, new RigOptions());
         AddressSpace parent = rig.Mm;
@@ -140,7 +141,7 @@ internal sealed class AnonCowWorkload : IWorkload
                 WorkloadResult.Require(rig.Memory.UsedFrames == used, $"{rig.Memory.UsedFrames - used} frames allocated by the write");
                 return $"no frame allocated ({Counters.Read(Counter.CowFault) - cows} COW-counter increments)";
             });
-            ScenarioKit.MapsTable(r, parent.Maps());
+            ScenarioKit.MapsTable(r, parent.Maps(), ScenarioKit.RegionLabels([region]));
             parent.Exit();
             ScenarioKit.DeviceTables(r, devices);
         }

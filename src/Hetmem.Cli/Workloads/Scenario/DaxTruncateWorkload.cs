@@ -26,6 +26,7 @@ internal sealed class DaxTruncateWorkload : IWorkload
     public WorkloadResult Run(WorkloadContext context)
     {
         var r = new WorkloadResult(Name);
+        ScenarioKit.RamGauge(context);
         string path = Path.Combine(context.DaxDirectory, "dax-truncate.dax");
         if (File.Exists(path))
         {
@@ -153,7 +154,7 @@ internal sealed class DaxTruncateWorkload : IWorkload
 
             context.Report(Name, "write, unmount, mount again", 0.9);
             ulong keepPages = 5UL << 20 >> Page.Shift;
-            ScenarioKit.MapsTable(r, mm.Maps());
+            ScenarioKit.MapsTable(r, mm.Maps(), ScenarioKit.RegionLabels([region]));
             mm.Exit();
             ScenarioKit.DeviceTables(r, devices);
             h.Fsync();

@@ -25,6 +25,7 @@ internal sealed class MirrorRaceWorkload(TimeSpan? fixedDuration = null, string 
     public WorkloadResult Run(WorkloadContext context)
     {
         var r = new WorkloadResult(Name);
+        ScenarioKit.RamGauge(context);
         TimeSpan duration = fixedDuration ?? context.Duration;
         int cpuThreads = fixedDuration is null ? Math.Max(2, context.Threads - 2) : 2;
         ulong pages = Math.Clamp(context.Memory.RamFrames / 16, 64, 2048);

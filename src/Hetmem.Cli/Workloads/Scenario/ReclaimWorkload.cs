@@ -24,6 +24,7 @@ internal sealed class ReclaimWorkload : IWorkload
     public WorkloadResult Run(WorkloadContext context)
     {
         var r = new WorkloadResult(Name);
+        ScenarioKit.RamGauge(context);
         ulong anonLen = Math.Clamp(Page.AlignDown(context.Memory.RamBytes / 32, Page.PmdSize), Page.PmdSize, 8UL << 20);
         ulong fileLen = anonLen / 2;
         using var rig = new MemoryRig(context, new RigOptions { PageCache = true, SwapSlots = (uint)(anonLen >> Page.Shift) * 2 });
@@ -149,7 +150,7 @@ internal sealed class ReclaimWorkload : IWorkload
                 WorkloadResult.Require(rig.Swap!.UsedSlots == 0, $"{rig.Swap.UsedSlots} slots still used");
                 return null;
             });
-            ScenarioKit.MapsTable(r, mm.Maps());
+            ScenarioKit.MapsTable(r, mm.Maps(), ScenarioKit.RegionLabels(regions));
             ScenarioKit.CountersTable(r, c0);
             mm.Exit();
             ScenarioKit.DeviceTables(r, devices);

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Hetmem.Cli.Devices;
 using Hetmem.Mm;
+using Hetmem.Physical;
 using Hetmem.Diagnostics;
 
 namespace Hetmem.Cli.Workloads.Scenario;
@@ -84,17 +85,28 @@ internal static class ScenarioKit
         throw new CheckFailedException("the access did not raise SIGBUS");
     }
 
-    /// <summary>Adds the maps table (kernel: /proc/pid/smaps, condensed).</summary>
-    public static void MapsTable(WorkloadResult r, IReadOnlyList<MapsEntry> maps)
+    /// <summary>
+    /// Adds the maps table (kernel: /proc/pid/smaps, condensed): range, perms, kind, size, resident pages, huge entries,
+    /// swap and device entries, and what the mapping is for, from <paramref name="label"/> (a region name) when given.
+    /// </summary>
+    public static void MapsTable(WorkloadResult r, IReadOnlyList<MapsEntry> maps, Func<MapsEntry, string?>? label = null)
     {
-        ResultTable t = r.Table("maps (before exit)", "range", "perms", "kind", "size", "resident pages", "huge entries (PMD/PUD)", "swap", "device")
+        ResultTable t = r.Table("maps (before exit)", "range", "perms", "kind", "size", "resident pages", "huge entries (PMD/PUD)", "swap", "device", "mapping")
             .AlignRight(3, 4, 5, 6, 7);
         foreach (MapsEntry m in maps)
         {
             t.AddRow($"{m.Start:x12}-{m.End:x12}", m.Perms, m.Kind.ToString(), SizeParser.Format(m.End - m.Start),
                 m.ResidentPages.ToString("#,0", CultureInfo.InvariantCulture), $"{m.PmdEntries}/{m.PudEntries}",
-                m.SwapPages.ToString(CultureInfo.InvariantCulture), m.DevicePages.ToString(CultureInfo.InvariantCulture));
+                m.SwapPages.ToString(CultureInfo.InvariantCulture), m.DevicePages.ToString(CultureInfo.InvariantCulture),
+                label?.Invoke(m) ?? "");
         }
+    }
+
+    /// <summary>A maps labeller naming the region each mapping lies in, and anything else as a device's buffer.</summary>
+    public static Func<MapsEntry, string?> RegionLabels(IEnumerable<DemoRegion> regions)
+    {
+        DemoRegion[] all = [.. regions];
+        return m => all.FirstOrDefault(x => m.Start >= x.Start && m.End <= x.End)?.Name ?? "a device's bounce buffer";
     }
 
     /// <summary>Adds the vmstat counters table: the process totals and what this run added.</summary>
@@ -119,6 +131,19 @@ internal static class ScenarioKit
             {
                 t.AddRow(metric, value);
             }
+        }
+    }
+
+    /// <summary>
+    /// Adds the <c>ram</c> gauge of the "resident pages" plot panel for <c>--plot</c> (frames in use; an atomic read), unless
+    /// an earlier section of the same run added it already.
+    /// </summary>
+    public static void RamGauge(WorkloadContext context)
+    {
+        PhysicalMemory mem = context.Memory;
+        if (context.Timeline is { } tl && !tl.Series.Any(x => x.Name == "ram" && x.Group == "resident pages"))
+        {
+            tl.AddGauge("ram", "resident pages", () => mem.UsedFrames);
         }
     }
 

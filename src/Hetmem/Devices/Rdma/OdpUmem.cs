@@ -75,7 +75,7 @@ internal sealed unsafe class OdpUmem : IDeviceMirror, IMmuIntervalNotifierOps
 
     private readonly Lock _lock = new();
     private readonly ulong[] _pfns;           // guarded by _lock: HMM entries (pfn | VALID | WRITE | order) or 0
-    private readonly uint[] _gens;            // guarded by _lock: generation of each RAM frame when it was programmed
+    private readonly uint[] _gens;            // guarded by _lock: generation of each RAM frame when it was programmed (0 otherwise)
     private readonly PhysicalMemory _memory;  // immutable
     private readonly OdpStats _stats;         // immutable reference; counters are atomic
     private readonly bool _hugetlb;           // immutable: IB_ACCESS_HUGETLB (a smaller page is a fault error)
@@ -221,7 +221,6 @@ internal sealed unsafe class OdpUmem : IDeviceMirror, IMmuIntervalNotifierOps
             }
         }
         int first = Index(range.Start);
-        bool checkGens = Invariants.Enabled;
         for (int i = 0; i < src.Length; i++)
         {
             ulong e = src[i];
@@ -236,8 +235,9 @@ internal sealed unsafe class OdpUmem : IDeviceMirror, IMmuIntervalNotifierOps
                 _valid--;
             }
             slot = v;
-            if (v != 0 && checkGens)
+            if (v != 0)
             {
+                // Recorded always, so the check in AddressLocked is sound whenever the switch is turned on.
                 ulong pfn = HmmPfn.ToPfn(v);
                 _gens[first + i] = _memory.IsRam(pfn) ? _memory.Frame(pfn).Generation : 0;
             }

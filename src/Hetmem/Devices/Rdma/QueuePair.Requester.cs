@@ -11,22 +11,25 @@ public sealed partial class QueuePair
     private byte[] _rxPayload = new byte[4096];                        // receive thread only
     private SqEntry? _rxScratch;                                        // receive thread only
 
+    /// <summary>True for opcodes whose local data travels with the request.</summary>
+    private static bool Gathers(WrOpcode op) => op is WrOpcode.RDMA_WRITE or WrOpcode.RDMA_WRITE_WITH_IMM or WrOpcode.SEND
+        or WrOpcode.SEND_WITH_IMM or WrOpcode.ATOMIC_WRITE;
+
     /// <summary>
-    /// Checks the local SGEs of <paramref name="e"/> and writes its request frame into <c>_sendBuf</c>, gathering local
-    /// data for SEND, WRITE and ATOMIC_WRITE. Caller holds <c>_sendLock</c>.
+    /// Builds the request frame of <paramref name="wr"/> (whose PSN is <paramref name="psn"/>) into <paramref name="frame"/>,
+    /// whose payload part already holds the gathered data, and checks the SGEs that will receive an answer. Caller holds
+    /// <c>_sendLock</c>; nothing here calls into the mm.
     /// </summary>
-    private WcStatus BuildRequestLocked(SqEntry e, in SendWr wr, out int frameBytes, out Errno err)
+    private WcStatus BuildRequestLocked(in SendWr wr, uint psn, uint total, Span<byte> frame, out int frameBytes)
     {
-        err = Errno.Ok;
         frameBytes = RdmaWire.HeaderSize;
-        var h = new WireHeader { Psn = e.Psn, Va = wr.RemoteAddr, Rkey = wr.Rkey };
+        var h = new WireHeader { Psn = psn, Va = wr.RemoteAddr, Rkey = wr.Rkey };
         switch (wr.Opcode)
         {
             case WrOpcode.RDMA_WRITE:
             case WrOpcode.RDMA_WRITE_WITH_IMM:
             case WrOpcode.SEND:
             case WrOpcode.SEND_WITH_IMM:
-            {
                 h.Opcode = wr.Opcode switch
                 {
                     WrOpcode.RDMA_WRITE => WireOpcode.RDMA_WRITE,
@@ -35,33 +38,23 @@ public sealed partial class QueuePair
                     _ => WireOpcode.SEND_WITH_IMM,
                 };
                 h.Data2 = wr.ImmData;
-                h.PayloadLength = e.TotalLength;
-                EnsureSendBuffer((int)e.TotalLength);
-                WcStatus s = GatherLocked(e, _sendBuf.AsSpan(RdmaWire.HeaderSize, (int)e.TotalLength), out err);
-                if (s != WcStatus.SUCCESS)
-                {
-                    return s;
-                }
-                frameBytes += (int)e.TotalLength;
+                h.PayloadLength = total;
+                frameBytes += (int)total;
                 break;
-            }
             case WrOpcode.RDMA_READ:
-            {
-                for (int i = 0; i < e.SgeCount; i++)
+                for (int i = 0; i < (wr.SgList?.Length ?? 0); i++)
                 {
-                    if (CheckLocal(e.Sges[i], write: true, out _) != WcStatus.SUCCESS)
+                    if (CheckLocal(wr.SgList![i], write: true, out _) != WcStatus.SUCCESS)
                     {
                         return WcStatus.LOC_PROT_ERR;
                     }
                 }
                 h.Opcode = WireOpcode.RDMA_READ_REQUEST;
-                h.Length = e.TotalLength;
+                h.Length = total;
                 break;
-            }
             case WrOpcode.ATOMIC_CMP_AND_SWP:
             case WrOpcode.ATOMIC_FETCH_AND_ADD:
-            {
-                if (CheckLocal(e.Sges[0], write: true, out _) != WcStatus.SUCCESS)
+                if (CheckLocal(wr.SgList![0], write: true, out _) != WcStatus.SUCCESS)
                 {
                     return WcStatus.LOC_PROT_ERR;
                 }
@@ -69,45 +62,31 @@ public sealed partial class QueuePair
                 h.Data1 = wr.CompareAdd;
                 h.Data2 = wr.Swap;
                 break;
-            }
             case WrOpcode.ATOMIC_WRITE:
-            {
-                Span<byte> value = stackalloc byte[8];
-                WcStatus s = GatherLocked(e, value, out err);
-                if (s != WcStatus.SUCCESS)
-                {
-                    return s;
-                }
                 h.Opcode = WireOpcode.ATOMIC_WRITE;
-                h.Data1 = BinaryPrimitives.ReadUInt64LittleEndian(value);
+                h.Data1 = BinaryPrimitives.ReadUInt64LittleEndian(frame[RdmaWire.HeaderSize..]);
                 break;
-            }
             default:
                 h.Opcode = WireOpcode.FLUSH;
                 h.Data1 = wr.FlushLength;
                 h.Flags = (byte)((int)wr.FlushType | ((int)wr.FlushLevel << 4));
                 break;
         }
-        RdmaWire.WriteHeader(_sendBuf, h);
+        RdmaWire.WriteHeader(frame, h);
         return WcStatus.SUCCESS;
     }
 
-    private void EnsureSendBuffer(int payload)
-    {
-        if (_sendBuf.Length < RdmaWire.HeaderSize + payload)
-        {
-            _sendBuf = new byte[RdmaWire.HeaderSize + (int)Math.Max((uint)payload, Math.Min(2u * (uint)_sendBuf.Length, RdmaWire.MaxPayload))];
-        }
-    }
-
-    /// <summary>Copies the data of <paramref name="e"/>'s SGEs into <paramref name="dst"/> (kernel: rxe copy_data from the WQE).</summary>
-    private WcStatus GatherLocked(SqEntry e, Span<byte> dst, out Errno err)
+    /// <summary>
+    /// Copies the data of <paramref name="sges"/> into <paramref name="dst"/> (kernel: rxe copy_data from the WQE). Holds
+    /// no QP lock: an ODP buffer faults here, through the mm.
+    /// </summary>
+    private WcStatus Gather(Sge[]? sges, Span<byte> dst, out Errno err)
     {
         err = Errno.Ok;
         int done = 0;
-        for (int i = 0; i < e.SgeCount; i++)
+        for (int i = 0; i < (sges?.Length ?? 0); i++)
         {
-            Sge sge = e.Sges[i];
+            Sge sge = sges![i];
             WcStatus s = CheckLocal(sge, write: false, out MemoryRegion? mr);
             if (s != WcStatus.SUCCESS)
             {

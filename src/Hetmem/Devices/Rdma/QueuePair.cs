@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 
@@ -17,8 +18,9 @@ namespace Hetmem.Devices.Rdma;
 /// both QPs to ERR).</para>
 /// <para>Locking: <c>_sendLock</c> serialises frame writes and the PSN order of requests; <c>_sqLock</c> (inside it)
 /// guards the send queue and the state; <c>_rqLock</c> the receive queue; <c>_respLock</c> the responder's request
-/// queue. Completion-queue locks are leaves under all of them. No QP lock is held while a region's span lock is
-/// taken for a copy, except <c>_sendLock</c> while a request's local data is gathered.</para>
+/// queue. Completion-queue locks are leaves under all of them. Local data is gathered before <c>_sendLock</c> is taken,
+/// so no QP lock is held while an ODP buffer faults (a call into the mm); a READ response or atomic result is scattered
+/// by the receive thread holding none.</para>
 /// </remarks>
 public sealed partial class QueuePair : IDisposable
 {
@@ -39,7 +41,6 @@ public sealed partial class QueuePair : IDisposable
     private Socket? _socket;                  // set once under _sqLock
     private Thread? _rxThread;
     private Thread? _respThread;
-    private byte[] _sendBuf = new byte[RdmaWire.HeaderSize + 4096]; // guarded by _sendLock
     private int _peerRnrRetry = Infinite;     // written before the threads start
     private bool _connecting;                 // guarded by _sqLock
     private int _disposed;                    // Interlocked
@@ -252,43 +253,72 @@ public sealed partial class QueuePair : IDisposable
     public void PostSend(in SendWr wr)
     {
         ValidateSend(wr, out uint total);
-        lock (_sendLock)
+        QpState early = State;
+        if (early is QpState.RESET or QpState.INIT or QpState.RTR)
         {
-            SqEntry e;
-            lock (_sqLock)
+            MmException.Throw(Errno.EINVAL, $"post_send on qp 0x{QpNum:x} in {early}");
+        }
+        // Local data is gathered before any QP lock is taken: an ODP buffer may fault, and a fault calls into the mm.
+        bool gathers = Gathers(wr.Opcode);
+        int frameCap = RdmaWire.HeaderSize + (gathers ? (int)total : 0);
+        byte[] frame = ArrayPool<byte>.Shared.Rent(frameCap);
+        try
+        {
+            WcStatus local = WcStatus.SUCCESS;
+            Errno err = Errno.Ok;
+            if (gathers && early == QpState.RTS)
             {
-                if (_state is QpState.RESET or QpState.INIT or QpState.RTR)
-                {
-                    MmException.Throw(Errno.EINVAL, $"post_send on qp 0x{QpNum:x} in {_state}");
-                }
-                if (_sqCount == _sq.Length)
-                {
-                    MmException.Throw(Errno.ENOMEM, $"post_send: send queue of qp 0x{QpNum:x} is full ({_sq.Length})");
-                }
-                e = _sq[(_sqHead + _sqCount) % _sq.Length];
-                e.Set(wr, _nextPsn++, total, InitAttr.SqSigAll);
-                if (_sqCount == 0)
-                {
-                    _lastProgress = Environment.TickCount64;
-                }
-                _sqCount++;
-                if (_state == QpState.ERR)
-                {
-                    MoveToErrorLocked(-1, WcStatus.WR_FLUSH_ERR, 0);
-                    return;
-                }
+                local = Gather(wr.SgList, frame.AsSpan(RdmaWire.HeaderSize, (int)total), out err);
             }
-            WcStatus local = BuildRequestLocked(e, wr, out int frameBytes, out Errno err);
-            if (local != WcStatus.SUCCESS)
+            bool flushRecv = false;
+            lock (_sendLock)
             {
+                SqEntry e;
                 lock (_sqLock)
                 {
-                    MoveToErrorLocked(_sqCount - 1, local, (uint)err);
+                    if (_state is QpState.RESET or QpState.INIT or QpState.RTR)
+                    {
+                        MmException.Throw(Errno.EINVAL, $"post_send on qp 0x{QpNum:x} in {_state}");
+                    }
+                    if (_sqCount == _sq.Length)
+                    {
+                        MmException.Throw(Errno.ENOMEM, $"post_send: send queue of qp 0x{QpNum:x} is full ({_sq.Length})");
+                    }
+                    e = _sq[(_sqHead + _sqCount) % _sq.Length];
+                    e.Set(wr, _nextPsn++, total, InitAttr.SqSigAll);
+                    if (_sqCount == 0)
+                    {
+                        _lastProgress = Environment.TickCount64;
+                    }
+                    _sqCount++;
+                    if (_state == QpState.ERR)
+                    {
+                        MoveToErrorLocked(-1, WcStatus.WR_FLUSH_ERR, 0);
+                        return;
+                    }
+                    if (local == WcStatus.SUCCESS)
+                    {
+                        local = BuildRequestLocked(wr, e.Psn, total, frame, out frameCap);
+                    }
+                    if (local != WcStatus.SUCCESS)
+                    {
+                        MoveToErrorLocked(_sqCount - 1, local, (uint)err);
+                        flushRecv = true;
+                    }
                 }
-                FlushRecvQueue();
-                return;
+                if (!flushRecv)
+                {
+                    SendLocked(frame.AsSpan(0, frameCap));
+                }
             }
-            SendLocked(_sendBuf.AsSpan(0, frameBytes));
+            if (flushRecv)
+            {
+                FlushRecvQueue();
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(frame);
         }
     }
 

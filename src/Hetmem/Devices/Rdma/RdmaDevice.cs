@@ -40,7 +40,7 @@ public sealed class RdmaDevice : IDisposable
     private int _disposed;                                        // Interlocked
 
     /// <summary>Opens a device listening on 127.0.0.1:<paramref name="port"/> (0 = any free port).</summary>
-    /// <exception cref="MmException">The host's errno when the listening socket cannot be bound.</exception>
+    /// <exception cref="MmException">EINVAL when the listening socket cannot be bound (port in use).</exception>
     public RdmaDevice(string name = "hetmem_rxe0", int port = 0)
     {
         Name = name;

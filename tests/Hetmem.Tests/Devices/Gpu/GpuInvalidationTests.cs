@@ -28,7 +28,7 @@ public class GpuInvalidationTests
         ulong result = rig.MapAnon(Page.Size);
         rig.Cpu.Write(data, 42L);
         rig.Cpu.Write(flag, 0L);
-        var cpu = new Thread(() =>
+        var cpu = new BackgroundWork(() =>
         {
             using var c = new Cpu(rig.Space);
             while (c.Read<long>(result + 8) == 0)
@@ -39,7 +39,6 @@ public class GpuInvalidationTests
             c.Write(data, 7L);
             c.Write(flag, 1L);
         });
-        cpu.Start();
         rig.Context.Launch(1, 1, t =>
         {
             long staleAfterFlag = 0, sawOld = 0;
@@ -76,7 +75,7 @@ public class GpuInvalidationTests
         ulong data = rig.MapAnon(2 * Mib);
         ulong progress = rig.MapAnon(Page.Size);
         rig.Cpu.Write(data + 4096, 5L);
-        var cpu = new Thread(() =>
+        var cpu = new BackgroundWork(() =>
         {
             using var c = new Cpu(rig.Space);
             while (c.Read<long>(progress) < 100)
@@ -85,7 +84,6 @@ public class GpuInvalidationTests
             }
             rig.Space.Munmap(data, 2 * Mib);
         });
-        cpu.Start();
         var e = Assert.Throws<GpuLaunchException>(() => rig.Context.Launch(1, 1, t =>
         {
             for (long i = 1; ; i++)
@@ -108,7 +106,7 @@ public class GpuInvalidationTests
         using var rig = new GpuTestRig(new GpuDeviceOptions { Placement = policy, CheckStaleTranslations = true });
         ulong data = rig.MapAnon(64 * 1024);
         ulong flag = rig.MapAnon(Page.Size);
-        var cpu = new Thread(() =>
+        var cpu = new BackgroundWork(() =>
         {
             using var c = new Cpu(rig.Space);
             while (c.Read<long>(flag + 8) < 1000)
@@ -118,7 +116,6 @@ public class GpuInvalidationTests
             rig.Space.Mprotect(data, 64 * 1024, Prot.Read);
             c.Write(flag, 1L);
         });
-        cpu.Start();
         var e = Assert.Throws<GpuLaunchException>(() => rig.Context.Launch(1, 1, t =>
         {
             for (long i = 1; ; i++)

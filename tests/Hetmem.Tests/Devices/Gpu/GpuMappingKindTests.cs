@@ -186,6 +186,34 @@ public sealed class GpuMappingKindTests : IDisposable
     }
 
     [Fact]
+    public void TruncatingADaxFileUnderTheGpuMakesItsNextAccessBeyondTheEndFailWithEfault()
+    {
+        using var rig = new GpuTestRig(new GpuDeviceOptions { CheckStaleTranslations = true });
+        (DaxNamespace ns, DaxFileSystem fs) = Dax(rig.Memory, 64 * Mib);
+        using (FileHandle f = fs.Create("t"))
+        {
+            f.Truncate(2 * Pmd);
+            f.Write(Pmd + 64, Longs(1, _ => 77));
+            ulong a = rig.Space.Mmap(Base, 2 * Pmd, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Fixed, f.Inode);
+            long seen = 0;
+            rig.Context.Launch(1, 1, t => seen = t.Load<long>(a + Pmd + 64));
+            Assert.Equal(77L, seen);
+            f.Truncate(Pmd); // truncate zaps every mapping of the cut part, the GPU's included
+            Assert.True(rig[GpuCounter.Invalidations] > 0);
+            var e = Assert.Throws<GpuLaunchException>(() => rig.Context.Launch(1, 1, t => t.Load<long>(a + Pmd + 64)));
+            Assert.Equal(Errno.EFAULT, e.Errno);
+            rig.Context.Launch(1, 1, t => t.Store(a + 8, 5L)); // the part that is left still works
+            var buf = new byte[8];
+            f.Read(8, buf);
+            Assert.Equal(5L, BitConverter.ToInt64(buf));
+            rig.Space.Munmap(a, 2 * Pmd);
+        }
+        rig.ExitSpace();
+        fs.Dispose();
+        ns.Dispose();
+    }
+
+    [Fact]
     public void AHugetlbfsMappingIsMappedInPlaceWithTwoMibEntries()
     {
         using var rig = new GpuTestRig(new GpuDeviceOptions { Placement = PlacementPolicy.MigrateOnFirstTouch });

@@ -105,7 +105,7 @@ public class GpuStressTests(ITestOutputHelper output)
                         expect[p] = model[region, p];
                     }
                     int cpuSeed = rng.Next();
-                    var cpu = new Thread(() =>
+                    var cpu = new BackgroundWork(() =>
                     {
                         using var c = new Cpu(rig.Space);
                         var r2 = new Random(cpuSeed);
@@ -116,8 +116,7 @@ public class GpuStressTests(ITestOutputHelper output)
                         }
                         rig.Space.Mmap(Addr(other, 0), Region, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed);
                     });
-                    cpu.Start();
-                    long mismatches = 0;
+                                long mismatches = 0;
                     int rr = region;
                     rig.Context.Launch(PagesPerRegion, 1, t =>
                     {

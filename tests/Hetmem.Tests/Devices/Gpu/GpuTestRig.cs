@@ -70,3 +70,35 @@ internal sealed class GpuTestRig : IDisposable
         Memory.Dispose();
     }
 }
+
+/// <summary>A thread whose exception is rethrown by <see cref="Join"/> on the test thread instead of killing the test host.</summary>
+internal sealed class BackgroundWork
+{
+    private readonly Thread _thread;
+    private Exception? _error;
+
+    public BackgroundWork(Action body)
+    {
+        _thread = new Thread(() =>
+        {
+            try
+            {
+                body();
+            }
+            catch (Exception e)
+            {
+                _error = e;
+            }
+        });
+        _thread.Start();
+    }
+
+    public void Join()
+    {
+        _thread.Join();
+        if (_error is not null)
+        {
+            throw new AggregateException("a background thread of the test failed", _error);
+        }
+    }
+}

@@ -51,6 +51,27 @@ public sealed class DaxNoRegressionTests : IDisposable
         mr.Deregister();
     }
 
+    [Theory]
+    [MemberData(nameof(Kinds))]
+    public void TheRemoteOperationTablePassesOnAPinnedRegionWhereTheKernelAllowsIt(MemoryKind kind)
+    {
+        using var mem = new MappedMemory(_bed.ServerMm, kind);
+        AccessFlags pinned = Odp & ~AccessFlags.ON_DEMAND;
+        if (kind is MemoryKind.DaxPmd or MemoryKind.DaxPud)
+        {
+            var ex = Assert.Throws<MmException>(() => _bed.ServerPd.RegMr(mem.Address, MappedMemory.Bytes, pinned));
+            Assert.Equal(Errno.EOPNOTSUPP, ex.Errno);
+            Assert.Equal(0, _bed.ServerPd.RegionCount);
+            return;
+        }
+        var mr = (PinnedMemoryRegion)_bed.ServerPd.RegMr(mem.Address, MappedMemory.Bytes, pinned);
+        ulong probe = mem.Address + Page.PmdSize + 3 * Page.Size;
+        ulong leafPfn = _bed.ServerMm.QueryPte(probe, out int order).Pfn;
+        Assert.Equal(leafPfn + ((probe & (Page.Bytes(order) - 1)) >> Page.Shift), mr.PinnedPfn(probe));
+        RunTable(mem, mr);
+        mr.Deregister();
+    }
+
     private void RunTable(MappedMemory mem, MemoryRegion mr)
     {
         ulong a = mem.Address;

@@ -40,6 +40,10 @@ internal static class Gup
         if (e != Errno.Ok)
         {
             error = $"GetUserPages(0x{addr:x}, {npages}, {flags}) returned {e}";
+            if (e == Errno.EBUSY && (flags & GupFlags.LongTerm) != 0 && AddressSpace.LongTermMigrator is null)
+            {
+                error += " (missing: no AddressSpace.LongTermMigrator is registered, so a long-term pin cannot migrate device-coherent pages to RAM; the HMM layer is to register migrate_device_coherent_folio)";
+            }
             return (int)e;
         }
         mm.UnpinUserPages(pfns.AsSpan(0, done), makeDirty: false);

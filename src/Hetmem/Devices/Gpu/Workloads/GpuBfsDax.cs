@@ -88,6 +88,7 @@ public static class GpuBfsDax
                     int rewriteSeed = rng.Next();
                     int rewriteDone = 0;
                     int passes = 0;
+                    Exception? rewriteError = null;
                     var rewriter = new Thread(() =>
                     {
                         var spin = new SpinWait();
@@ -95,7 +96,14 @@ public static class GpuBfsDax
                         {
                             spin.SpinOnce(); // start once the GPU is into the graph, so its mappings exist
                         }
-                        Rewrite(mm, f.Inode, g, adjStart, fileBytes, offsets, v, rewriteSeed);
+                        try
+                        {
+                            Rewrite(mm, f.Inode, g, adjStart, fileBytes, offsets, v, rewriteSeed);
+                        }
+                        catch (Exception e)
+                        {
+                            rewriteError = e;
+                        }
                         Volatile.Write(ref rewriteDone, 1);
                     }) { Name = "bfs-rewriter" };
                     var sw = Stopwatch.StartNew();
@@ -144,7 +152,9 @@ public static class GpuBfsDax
                     }
                     seconds = sw.Elapsed.TotalSeconds;
                     rewriter.Join();
-                    (verified, detail) = Verify(cpu, f, dist, adjStart, v);
+                    (verified, detail) = rewriteError is null
+                        ? Verify(cpu, f, dist, adjStart, v)
+                        : (false, $"the CPU rewriter failed: {rewriteError.Message}");
                     counters = gpu.Counters.Snapshot();
                     mm.Munmap(g, fileBytes);
                 }
