@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Hetmem.Diagnostics;
 using Hetmem.Mm;
-using Hetmem.Physical;
 using Hetmem.Tests.Infrastructure;
 using Xunit.Abstractions;
 using static Hetmem.Tests.Infrastructure.MmTestBed;

@@ -11,6 +11,7 @@ public sealed partial class GpuContext
     private readonly List<GpuSvmRange> _touched = [];           // servicing thread only
     private readonly MigrateVma _migrate = new() { Src = new ulong[BlockMask.Pages], Dst = new ulong[BlockMask.Pages] }; // servicing thread only
     private readonly CopyEngine _copy = new(BlockMask.Pages);   // servicing thread only
+    private long _notifiersCounted;                             // servicing thread only: Svm.NotifiersCreated already counted
 
     /// <summary>
     /// Services the faults of one block (servicing thread, holding the device's service lock, no mmap lock):
@@ -103,6 +104,12 @@ public sealed partial class GpuContext
                     counters.Add(GpuCounter.WriteRequestedPages, write ? hi - lo : 0);
                 }
             }
+        }
+
+        if (Svm.NotifiersCreated != _notifiersCounted)
+        {
+            counters.Add(GpuCounter.NotifiersCreated, Svm.NotifiersCreated - _notifiersCounted);
+            _notifiersCounted = Svm.NotifiersCreated;
         }
 
         if (!toMigrate.IsEmpty)

@@ -112,6 +112,8 @@ public sealed class GpuSvm
     public Lock NotifierLock { get; } = new();
     /// <summary>Notifier windows alive now (servicing thread).</summary>
     public int NotifierCount => _notifiers.Count;
+    /// <summary>Notifier windows created so far (servicing thread).</summary>
+    public long NotifiersCreated { get; private set; }
 
     /// <summary>
     /// Finds the range containing <paramref name="address"/> or creates one (kernel: drm_gpusvm_range_find_or_insert):
@@ -231,6 +233,7 @@ public sealed class GpuSvm
         // A notifier inserted during an invalidation starts with a sequence that makes the first read retry: safe.
         n.Interval = MmuIntervalNotifier.Insert(Space, windowStart, NotifierSize, n);
         _notifiers.Add(windowStart, n);
+        NotifiersCreated++;
         return n;
     }
 

@@ -37,6 +37,8 @@ public class GpuKernelTests
         Assert.True(rig[GpuCounter.Replays] > 0);
         Assert.Equal(0L, rig[GpuCounter.PagesMigratedIn]);
         Assert.True(rig[GpuCounter.RemoteMappedPages] > 0);
+        Assert.True(rig[GpuCounter.NotifiersCreated] >= 1);
+        Assert.True(rig[GpuCounter.RangesCreated] >= 3);
     }
 
     [Fact]
