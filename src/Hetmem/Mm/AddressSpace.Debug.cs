@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Text;
+using Hetmem.Diagnostics;
 using Hetmem.Physical;
 
 namespace Hetmem.Mm;
@@ -277,4 +279,13 @@ public sealed unsafe partial class AddressSpace
             }
         }
     }
+
+    /// <summary>
+    /// The debug check behind "every change of a present entry happens inside a notifier bracket": some
+    /// invalidate_range_start of this space is open while <paramref name="what"/> changes a present entry at
+    /// <paramref name="address"/>. Call it before taking the page-table lock (it takes the subscription lock).
+    /// </summary>
+    [Conditional("HETMEM_INVARIANTS")]
+    internal void AssertInBracket(ulong address, string what)
+        => Invariants.Assert(Notifiers.ActiveRanges > 0, $"mm {Id}: {what} changes the present entry at 0x{address:x} outside an invalidate_range_start/end bracket");
 }

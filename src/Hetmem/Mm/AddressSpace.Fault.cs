@@ -68,7 +68,7 @@ public sealed unsafe partial class AddressSpace
                 return r;
             }
             Pte e = Lookup(address, out _, out _);
-            if (e.IsPresent && (!flags.HasFlag(FaultFlags.Write) || e.IsWritable))
+            if (e.IsPresent && ((flags & FaultFlags.Write) == 0 || e.IsWritable))
             {
                 return VmFault.Ok;
             }

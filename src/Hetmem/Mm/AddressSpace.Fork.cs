@@ -92,6 +92,10 @@ public sealed unsafe partial class AddressSpace
             {
                 MmException.Throw(Errno.ENOMEM, "fork: no memory for the child's page tables");
             }
+            if (cow && e.IsWritable)
+            {
+                AssertInBracket(a, "fork's write-protect");
+            }
             lock (PtlFor(slot))
             {
                 var cur = new Pte(Volatile.Read(ref *slot));

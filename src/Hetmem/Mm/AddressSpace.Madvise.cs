@@ -299,6 +299,7 @@ public sealed unsafe partial class AddressSpace
             ulong step = Page.Bytes(order);
             if (slot != null && e.IsPresent && e.IsDirty)
             {
+                AssertInBracket(a, "msync's write-protect");
                 lock (PtlFor(slot))
                 {
                     if (*slot == e.Value)

@@ -459,11 +459,19 @@ public sealed unsafe partial class AddressSpace
     internal List<Vma> SplitForRangeLocked(ulong start, ulong end)
     {
         var inside = new List<Vma>();
-        foreach (Vma v in Vmas.Snapshot(start, end))
-        {
-            inside.Add(SplitVmaLocked(v, Math.Max(v.Start, start), Math.Min(v.End, end)));
-        }
+        SplitForRangeLocked(start, end, inside);
         return inside;
+    }
+
+    /// <summary>As <see cref="SplitForRangeLocked(ulong, ulong)"/>, adding the VMAs to <paramref name="inside"/> (allocation-free when nothing splits).</summary>
+    internal void SplitForRangeLocked(ulong start, ulong end, List<Vma> inside)
+    {
+        for (Vma? v = Vmas.FindFirstEndingAbove(start); v is not null && v.Start < end;)
+        {
+            Vma mid = SplitVmaLocked(v, Math.Max(v.Start, start), Math.Min(v.End, end));
+            inside.Add(mid);
+            v = Vmas.Next(mid);
+        }
     }
 
     /// <summary>

@@ -148,6 +148,7 @@ public sealed unsafe partial class AddressSpace
                     flush = true;
                     continue;
                 }
+                AssertInBracket(a, "mprotect");
                 lock (PtlFor(slot))
                 {
                     var cur = new Pte(Volatile.Read(ref *slot));

@@ -14,7 +14,7 @@ public sealed partial class AddressSpace
         using (MmapLock.Write())
         {
             ThrowIfDead();
-            foreach (Vma v in Vmas.Intersecting(address, address + len))
+            for (Vma? v = Vmas.FindFirstEndingAbove(address); v is not null && v.Start < address + len; v = Vmas.Next(v))
             {
                 if (v.Kind == VmaKind.HugeTlb)
                 {
@@ -44,13 +44,17 @@ public sealed partial class AddressSpace
         return len;
     }
 
+    private readonly List<Vma> _unmapVictims = [];   // guarded by the mmap write lock; reused so munmap allocates nothing
+
     /// <summary>
     /// Unmaps [start, end) with the mmap write lock held: splits boundary VMAs, sends one UNMAP bracket per VMA
     /// piece, zaps, shoots down TLBs, frees pages and page tables.
     /// </summary>
     internal void UnmapLocked(ulong start, ulong end)
     {
-        List<Vma> victims = SplitForRangeLocked(start, end);
+        List<Vma> victims = _unmapVictims;
+        victims.Clear();
+        SplitForRangeLocked(start, end, victims);
         if (victims.Count == 0)
         {
             return;
@@ -84,6 +88,7 @@ public sealed partial class AddressSpace
         {
             ReleaseFile(v.File, 1);
         }
+        victims.Clear();
     }
 
     private static void ReleaseReservation(Vma v)

@@ -149,6 +149,10 @@ public sealed unsafe partial class AddressSpace
     /// <summary>Clears one leaf entry (any level) and gathers the reference it held.</summary>
     private void ZapLeaf(Vma vma, ulong* slot, int order, MmuGather g, bool onlyFile, bool evenCows)
     {
+        if (new Pte(Volatile.Read(ref *slot)).IsPresent)
+        {
+            AssertInBracket(vma.Start, "a zap");
+        }
         Pte e;
         lock (PtlFor(slot))
         {
@@ -220,7 +224,8 @@ public sealed unsafe partial class AddressSpace
         ulong hi = Math.Min(Page.AlignUp(end, Page.PmdSize), ceiling);
         hi = Page.AlignDown(hi, Page.PmdSize);
         bool freed = false;
-        var tables = new List<ulong>();
+        List<ulong> tables = _tablesToFree;   // guarded by the mmap write lock
+        tables.Clear();
         for (ulong a = lo; a < hi && a >= lo; a += Page.PmdSize)
         {
             ulong* pmd = PmdEntry(a, alloc: false);
@@ -268,8 +273,11 @@ public sealed unsafe partial class AddressSpace
             {
                 FreeTable(t);
             }
+            tables.Clear();
         }
     }
+
+    private readonly List<ulong> _tablesToFree = [];   // guarded by the mmap write lock; reused by FreePgTables
 
     private bool IsTableEmpty(ulong tablePfn)
     {
@@ -297,6 +305,7 @@ public sealed unsafe partial class AddressSpace
     /// <summary>The split itself; the caller is inside a notifier bracket covering the PMD and flushes the TLB.</summary>
     internal void SplitHugePmdLocked(ulong start, ulong* pmd)
     {
+        AssertInBracket(start, "a huge PMD split");
         ulong table = AllocTable();
         if (table == Page.NoPfn)
         {
