@@ -13,10 +13,15 @@ namespace Hetmem.Mm;
 /// <remarks>
 /// <para>Locking (see LockOrder.cs): the VMA tree is protected by <see cref="MmapLock"/>; page-table entries
 /// change under the split page-table lock of the table holding them (<see cref="PtlFor"/>); upper-level
-/// tables are populated lock-free with compare-and-swap. Page-table pages are never freed before
-/// <see cref="Exit"/>, so lock-free walkers (software TLB fills, snapshots) never read a freed table.</para>
+/// tables are populated lock-free with compare-and-swap. Page-table pages are freed only by munmap/mremap
+/// (<c>FreePgTables</c>, under the mmap write lock, after a TLB shootdown) and at <see cref="Exit"/>; tables a huge
+/// leaf replaced wait for exit. So walkers under the mmap lock (faults, HmmRange.Fault, GUP) and lock-free Cpu TLB
+/// fills (which a shootdown waits for) never read a freed table.</para>
 /// <para>Every change of a present entry happens between <c>InvalidateRangeStart</c> and
-/// <c>InvalidateRangeEnd</c>, and every frame unmapped by it is released only after a TLB shootdown.</para>
+/// <c>InvalidateRangeEnd</c> (a debug check, <c>AssertInBracket</c>, enforces it where entries are cleared or
+/// downgraded), and every frame unmapped by it is released only after a TLB shootdown.</para>
+/// <para>Debugging: <see cref="CheckInvariants"/> walks the tables and checks reference and map counts;
+/// <see cref="Maps"/> and <see cref="QueryPte"/> show the layout and entries.</para>
 /// </remarks>
 public sealed unsafe partial class AddressSpace : IMappingSpace, IDisposable
 {

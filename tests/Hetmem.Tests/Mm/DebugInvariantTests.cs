@@ -1,6 +1,5 @@
 using Hetmem.Diagnostics;
 using Hetmem.Mm;
-using Hetmem.Physical;
 using Hetmem.Tests.Infrastructure;
 using static Hetmem.Tests.Infrastructure.MmTestBed;
 
