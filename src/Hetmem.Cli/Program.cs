@@ -51,12 +51,12 @@ public static class Program
         {
             [root] =
             [
-                "hetmem demo                                  run the main job on the embedded default set-up",
-                "hetmem demo --trace t.json --plot p.png      with a Perfetto trace and a plot",
-                "hetmem run dax --dax-dir /mnt/pmem --json    one workload, files kept, JSON out",
-                "hetmem selftest --filter physical            the physical-memory self-tests, TAP out",
-                "hetmem bench --quick                         Hetmem next to the host kernel, in under a minute",
-                "hetmem stress --duration 30 --seed 7         seeded multi-threaded invariant run",
+                "hetmem demo                                         run the main job on the embedded default set-up",
+                "hetmem demo --trace t.json --plot p.png             with a Perfetto trace and a plot",
+                "hetmem run dax-truncate --dax-dir /mnt/pmem --json  one workload, files kept, JSON out",
+                "hetmem selftest --filter 'hmm.*'                    the kernel's hmm-tests, TAP out",
+                "hetmem bench --quick                                Hetmem next to the host kernel, in under a minute",
+                "hetmem stress --duration 30 --seed 7                seeded multi-threaded invariant run",
             ],
         };
         foreach ((Command cmd, string[] ex) in new[]

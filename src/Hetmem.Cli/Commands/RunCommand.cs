@@ -16,9 +16,11 @@ internal static class RunCommand
         cmd.SetAction((parse, ct) => Task.FromResult(app.Execute(parse, "run", ct, s => WorkloadRunner.Run(app, s, parse.GetValue(workload)!))));
         return (cmd,
         [
-            "hetmem run physical",
-            "hetmem run dax --dax-dir ./pmem --json",
-            "hetmem run physical-alloc --trace stress.json",
+            "hetmem run anon-cow",
+            "hetmem run dax-truncate --dax-dir ./pmem --json",
+            "hetmem run reclaim --trace reclaim.json",
+            "hetmem run mirror-race --plot race.png",
+            "hetmem run mm --ram 1G",
         ]);
     }
 }

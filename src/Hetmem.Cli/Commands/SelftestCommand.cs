@@ -39,8 +39,8 @@ internal static class SelftestCommand
         return (cmd,
         [
             "hetmem selftest",
-            "hetmem selftest --filter physical",
-            "hetmem selftest --filter 'dax.*' --json",
+            "hetmem selftest --filter 'hmm.hmm_device_private.*'",
+            "hetmem selftest --filter hetmem. --json",
             "hetmem selftest --list",
         ]);
     }

@@ -54,7 +54,8 @@ internal static class StressCommand
         [
             "hetmem stress",
             "hetmem stress --duration 60 --threads 8",
-            "hetmem stress --seed 12345 --filter physical --trace stress.json",
+            "hetmem stress --seed 12345 --filter mirror-race --trace stress.json",
+            "HETMEM_SEED=7 hetmem stress --filter mm-random --duration 60",
         ]);
     }
 

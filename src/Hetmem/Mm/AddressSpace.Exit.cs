@@ -38,11 +38,9 @@ public sealed unsafe partial class AddressSpace
                 }
                 _orphanTables.Clear();
             }
-            ulong z = Interlocked.Exchange(ref _hugeZeroPfn, Page.NoPfn);
-            if (z != Page.NoPfn)
+            if (Interlocked.Exchange(ref _hugeZeroPfn, Page.NoPfn) != Page.NoPfn)
             {
-                Memory.ClearFlags(z, FrameFlags.Reserved);
-                Memory.Put(z);
+                Memory.PutHugeZeroPage();
             }
         }
     }

@@ -8,7 +8,7 @@ namespace Hetmem.Mm;
 /// <summary>The page-fault handler (kernel: mm/memory.c handle_mm_fault and its helpers, mm/huge_memory.c, fs/dax.c, mm/hugetlb.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
-    private ulong _hugeZeroPfn = Page.NoPfn;     // set once (CAS); the huge zero page (kernel: huge_zero_folio)
+    private ulong _hugeZeroPfn = Page.NoPfn;     // set once (CAS) when this space takes its reference on the shared huge zero page
 
     /// <summary>
     /// Handles a CPU fault at <paramref name="address"/> (kernel: do_user_addr_fault): takes the mmap lock for
@@ -563,6 +563,10 @@ public sealed unsafe partial class AddressSpace
         return start >= vma.Start && start + Page.PmdSize <= vma.End;
     }
 
+    /// <summary>
+    /// The huge zero page, taking this space's one user reference on first use (kernel: mm_get_huge_zero_folio with
+    /// MMF_HUGE_ZERO_PAGE); <see cref="Page.NoPfn"/> when none can be allocated. Released at <see cref="Exit"/>.
+    /// </summary>
     internal ulong HugeZeroPfn
     {
         get
@@ -572,17 +576,15 @@ public sealed unsafe partial class AddressSpace
             {
                 return z;
             }
-            ulong pfn = Memory.Allocate(Page.PmdOrder, zero: true);
+            ulong pfn = Memory.GetHugeZeroPage();
             if (pfn == Page.NoPfn)
             {
                 return Page.NoPfn;
             }
-            Memory.SetFlags(pfn, FrameFlags.Reserved);
             ulong seen = Interlocked.CompareExchange(ref _hugeZeroPfn, pfn, Page.NoPfn);
             if (seen != Page.NoPfn)
             {
-                Memory.ClearFlags(pfn, FrameFlags.Reserved);
-                Memory.Put(pfn);
+                Memory.PutHugeZeroPage();   // another thread took this space's reference first
                 return seen;
             }
             return pfn;

@@ -109,6 +109,10 @@ public sealed unsafe partial class AddressSpace
                 if (cur.MapsPage)
                 {
                     ulong pfn = cur.Pfn;
+                    if (pfn == _hugeZeroPfn && child.HugeZeroPfn != pfn)
+                    {
+                        throw new InvalidOperationException("the child could not share the huge zero page");
+                    }
                     bool counted = pfn != Memory.ZeroPfn && pfn != _hugeZeroPfn && !cur.IsSpecial;
                     if (v.Kind == VmaKind.HugeTlb && !v.IsShared && counted && Memory.Frame(pfn).Mapping is AnonVma)
                     {

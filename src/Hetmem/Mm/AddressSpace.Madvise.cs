@@ -290,6 +290,11 @@ public sealed unsafe partial class AddressSpace
     /// <summary>Transfers PTE dirty bits to the file and write-protects the entries (kernel: page_mkclean via writeback).</summary>
     private void CleanDirtyEntries(Vma v, ulong start, ulong end)
     {
+        // A huge leaf is write-protected whole: widen the bracket to the leaves at both ends.
+        Lookup(start, out int startOrder, out _);
+        start = Math.Max(v.Start, Page.AlignDown(start, Page.Bytes(startOrder)));
+        Lookup(end - 1, out int endOrder, out _);
+        end = Math.Min(v.End, Page.AlignUp(end, Page.Bytes(endOrder)));
         var range = new MmuNotifierRange(this, start, end, MmuNotifierEvent.ProtectionPage);
         Notifiers.InvalidateRangeStart(range);
         bool flush = false;

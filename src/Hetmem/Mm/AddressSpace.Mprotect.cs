@@ -115,11 +115,15 @@ public sealed unsafe partial class AddressSpace
         ulong addr = v.Start;
         while (addr < v.End)
         {
-            int level = v.Kind == VmaKind.HugeTlb ? v.HugeOrder : 0;
-            ulong chunkEnd = Math.Min(Page.AlignDown(addr, Page.PmdSize) + Page.PmdSize, v.End);
-            if (level == Page.PudOrder)
+            // One bracket per PMD-sized chunk; a chunk inside a PUD leaf (DAX, 1 GiB hugetlb) grows to the whole leaf,
+            // since changing that one entry changes all of it. (The VMA's ends never cut a leaf: SplitVmaLocked.)
+            Pte first = Lookup(addr, out int firstOrder, out _);
+            bool pudLeaf = firstOrder == Page.PudOrder && (first.Value & Pte.Huge) != 0 && first.MapsPage;
+            ulong chunk = v.Kind == VmaKind.HugeTlb && v.HugeOrder == Page.PudOrder || pudLeaf ? Page.PudSize : Page.PmdSize;
+            ulong chunkEnd = Math.Min(Page.AlignDown(addr, chunk) + chunk, v.End);
+            if (pudLeaf)
             {
-                chunkEnd = Math.Min(Page.AlignDown(addr, Page.PudSize) + Page.PudSize, v.End);
+                addr = Math.Max(Page.AlignDown(addr, chunk), v.Start);
             }
             if (!RangeHasEntries(addr, chunkEnd))
             {

@@ -453,6 +453,60 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
         }
     }
 
+    private readonly object _hugeZeroLock = new();
+    private ulong _hugeZeroPfn = Page.NoPfn;   // guarded by _hugeZeroLock, read with Volatile
+    private int _hugeZeroUsers;                // guarded by _hugeZeroLock
+
+    /// <summary>The shared huge zero page (a zeroed, reserved 2 MiB compound page), or <see cref="Page.NoPfn"/> while no one uses it (kernel: huge_zero_folio).</summary>
+    public ulong HugeZeroPfn => Volatile.Read(ref _hugeZeroPfn);
+
+    /// <summary>
+    /// Takes a user reference on the huge zero page, allocating it on first use (kernel: mm_get_huge_zero_folio, one
+    /// reference per mm). Returns its PFN, or <see cref="Page.NoPfn"/> when no 2 MiB block is free.
+    /// </summary>
+    public ulong GetHugeZeroPage()
+    {
+        lock (_hugeZeroLock)
+        {
+            if (_hugeZeroPfn == Page.NoPfn)
+            {
+                ulong pfn = Allocate(Page.PmdOrder, zero: true);
+                if (pfn == Page.NoPfn)
+                {
+                    return Page.NoPfn;
+                }
+                SetFlags(pfn, FrameFlags.Reserved);
+                Volatile.Write(ref _hugeZeroPfn, pfn);
+            }
+            _hugeZeroUsers++;
+            return _hugeZeroPfn;
+        }
+    }
+
+    /// <summary>Drops a reference taken by <see cref="GetHugeZeroPage"/>; the last one frees the page (kernel: the huge zero folio shrinker).</summary>
+    /// <exception cref="InvalidOperationException">When no reference is held.</exception>
+    public void PutHugeZeroPage()
+    {
+        ulong free = Page.NoPfn;
+        lock (_hugeZeroLock)
+        {
+            if (_hugeZeroUsers <= 0)
+            {
+                throw new InvalidOperationException("huge zero page reference count would go negative");
+            }
+            if (--_hugeZeroUsers == 0)
+            {
+                free = _hugeZeroPfn;
+                Volatile.Write(ref _hugeZeroPfn, Page.NoPfn);
+            }
+        }
+        if (free != Page.NoPfn)
+        {
+            ClearFlags(free, FrameFlags.Reserved);
+            Put(free);
+        }
+    }
+
     /// <summary>Frees the arena. Outstanding PFNs become invalid.</summary>
     public void Dispose()
     {

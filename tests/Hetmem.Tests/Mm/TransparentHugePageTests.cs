@@ -178,4 +178,37 @@ public class TransparentHugePageTests
         Assert.Equal(0x7E, cpu.Read<byte>(a + 8 * Kib4 - 1));
         bed.CheckInvariants();
     }
+
+    [Fact]
+    public void TheHugeZeroPageIsSharedAcrossForkAndFreedWhenTheLastUserExits()
+    {
+        foreach (bool parentFirst in new[] { true, false })
+        {
+            using var bed = new MmTestBed();
+            AddressSpace parent = bed.NewSpace();
+            ulong a = HugeRegion(parent, Pmd);
+            using (var pc = new Cpu(parent))
+            {
+                Assert.Equal(0L, pc.Read<long>(a));
+            }
+            ulong zero = parent.QueryPte(a, out int order).Pfn;
+            Assert.Equal(Page.PmdOrder, order);
+            Assert.Equal(bed.Memory.HugeZeroPfn, zero);
+            AddressSpace child = bed.Fork(parent);
+            Assert.Equal(zero, child.QueryPte(a, out _).Pfn);
+            bed.CheckInvariants();
+            (parentFirst ? parent : child).Exit();
+            AddressSpace survivor = parentFirst ? child : parent;
+            Assert.Equal(zero, bed.Memory.HugeZeroPfn);
+            using (var sc = new Cpu(survivor))
+            {
+                Assert.Equal(0L, sc.Read<long>(a + 4096));
+                sc.Write(a, 3L);
+                Assert.Equal(3L, sc.Read<long>(a));
+            }
+            survivor.Exit();
+            Assert.Equal(Page.NoPfn, bed.Memory.HugeZeroPfn);
+            Assert.Equal(bed.UsedAtStart, bed.Memory.UsedFrames);
+        }
+    }
 }
