@@ -42,6 +42,7 @@ internal sealed class OdpFaultQueue : IDisposable
     private readonly Thread _worker;
     private bool _kicked;                                            // guarded by _lock
     private bool _stopping;                                          // guarded by _lock
+    private bool _busy;                                              // guarded by _lock: the worker holds a work
     private long _faults;                                            // Interlocked
     private long _prefetches;                                        // Interlocked
 
@@ -154,15 +155,50 @@ internal sealed class OdpFaultQueue : IDisposable
                 {
                     w = _queue.Dequeue();
                 }
+                _busy = true;
             }
-            if (collect)
+            try
             {
-                _device.CollectEmptyChildren();
+                if (collect)
+                {
+                    _device.CollectEmptyChildren();
+                }
+                if (w is not null)
+                {
+                    Service(w, track);
+                }
             }
-            if (w is not null)
+            finally
             {
-                Service(w, track);
+                lock (_lock)
+                {
+                    _busy = false;
+                    Monitor.PulseAll(_lock);
+                }
             }
+        }
+    }
+
+    /// <summary>
+    /// Waits until the worker has nothing queued and is not servicing anything, including the prefetch that runs
+    /// after a resumed demand fault (kernel analogue: flush_workqueue on the page-fault workqueue).
+    /// </summary>
+    /// <returns>False when <paramref name="timeout"/> passed first.</returns>
+    internal bool WaitIdle(TimeSpan timeout)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        lock (_lock)
+        {
+            while (_queue.Count != 0 || _busy || _kicked)
+            {
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0 || _stopping)
+                {
+                    return false;
+                }
+                Monitor.Wait(_lock, (int)Math.Min(left, int.MaxValue));
+            }
+            return true;
         }
     }
 
