@@ -27,6 +27,13 @@ public static unsafe class MigrateDevice
     private static List<AddressSpace>? t_locked;      // spaces whose mmap read lock (and live reference) this thread took
     [ThreadStatic]
     private static List<AddressSpace>? t_seen;        // scratch: spaces named by the pages of one call
+    [ThreadStatic]
+    private static List<(AddressSpace Mm, ulong Vpn)>? t_rmap;   // scratch: further mappings of one page
+    [ThreadStatic]
+    private static List<Extra>? t_extras;             // further mappings unmapped by MigrateDeviceRange, finished by Finalize
+
+    /// <summary>A further CPU mapping of a collected page (after fork), now a migration entry (kernel: one rmap hit of try_to_migrate).</summary>
+    private readonly record struct Extra(int Index, AddressSpace Mm, ulong Vpn, bool Writable, bool Huge);
 
     /// <summary>
     /// Collects, locks and unmaps the in-use pages of device PFNs [<paramref name="startPfn"/>, +<paramref name="npages"/>)
@@ -51,7 +58,10 @@ public static unsafe class MigrateDevice
         int n = (int)npages;
         List<AddressSpace> seen = t_seen ??= new List<AddressSpace>();
         List<AddressSpace> locked = t_locked ??= new List<AddressSpace>();
+        List<(AddressSpace Mm, ulong Vpn)> rmap = t_rmap ??= [];
+        List<Extra> extras = t_extras ??= [];
         seen.Clear();
+        extras.Clear();
         // 1. Reference every in-use head page and learn which address spaces map them (no page lock yet).
         for (int i = 0; i < n; i++)
         {
@@ -65,6 +75,18 @@ public static unsafe class MigrateDevice
             if (memory.Frame(pfn).Mapping is AddressSpace mm && !seen.Contains(mm))
             {
                 seen.Add(mm);
+            }
+            if (DeviceRmap.MayHave(memory, pfn))
+            {
+                rmap.Clear();
+                DeviceRmap.Collect(memory, pfn, rmap, null, 0);
+                foreach ((AddressSpace other, _) in rmap)
+                {
+                    if (!seen.Contains(other))
+                    {
+                        seen.Add(other);
+                    }
+                }
             }
         }
         // 2. Mmap read locks in id order, before any page lock (LockOrder: mmap lock above frame lock).
@@ -139,21 +161,62 @@ public static unsafe class MigrateDevice
                     }
                 }
             }
-            ulong flags = 0;
-            if (usable && owner!.UnmapDevicePageForEviction(pfn, ref f.Index, out bool writable, out bool huge))
+            bool writable = false;
+            bool huge = false;
+            bool primary = usable && owner!.UnmapDevicePageForEviction(pfn, ref f.Index, out writable, out huge);
+            int converted = primary ? 1 : 0;
+            int firstExtra = extras.Count;
+            if (Volatile.Read(ref f.MapCount) > converted && DeviceRmap.MayHave(memory, pfn))
             {
-                flags = MigratePfn.Migrate | (writable ? MigratePfn.Write : 0) | (huge ? MigratePfn.Compound : 0);
-                if (Volatile.Read(ref f.MapCount) == 1 && Volatile.Read(ref f.RefCount) == 2)
+                // Further mappings made by fork (kernel: the rest of the rmap walk of try_to_migrate).
+                rmap.Clear();
+                DeviceRmap.Collect(memory, pfn, rmap, primary ? owner : null, primary ? f.Index : ulong.MaxValue);
+                foreach ((AddressSpace other, ulong recorded) in rmap)
                 {
-                    src[i] = MigratePfn.Make(pfn) | flags;
+                    ulong vpn = recorded;
+                    if (!other.MmapLock.IsHeld || !other.IsAlive)
+                    {
+                        continue;
+                    }
+                    if (other.UnmapDevicePageForEviction(pfn, ref vpn, out bool w, out bool h))
+                    {
+                        if (vpn != recorded)
+                        {
+                            DeviceRmap.Update(memory, pfn, other, recorded, vpn);
+                        }
+                        extras.Add(new Extra(i, other, vpn, w, h));
+                        converted++;
+                    }
+                }
+            }
+            if (!primary && extras.Count > firstExtra)
+            {
+                // The first mapping is gone (its space unmapped or refaulted it): a further mapping becomes the one
+                // the page records, and the finalize step treats it as such.
+                Extra e0 = extras[firstExtra];
+                extras.RemoveAt(firstExtra);
+                DeviceRmap.Update(memory, pfn, e0.Mm, e0.Vpn, null);
+                f.Mapping = e0.Mm;
+                f.Index = e0.Vpn;
+                owner = e0.Mm;
+                writable = e0.Writable;
+                huge = e0.Huge;
+                primary = true;
+            }
+            if (primary)
+            {
+                int maps = Volatile.Read(ref f.MapCount);
+                if (converted == maps && Volatile.Read(ref f.RefCount) == maps + 1)
+                {
+                    src[i] = MigratePfn.Make(pfn) | MigratePfn.Migrate | (writable ? MigratePfn.Write : 0) | (huge ? MigratePfn.Compound : 0);
                     continue;
                 }
-                // Mapped elsewhere too, or pinned: put the entry back.
-                ulong va = f.Index << Page.Shift;
-                ulong* slot = huge ? owner.PmdEntry(va, alloc: false) : owner.PteEntry(va, alloc: false);
-                if (slot != null)
+                // Mapped somewhere the reverse map does not reach, or pinned: put every entry back.
+                RestoreEntry(owner!, f.Index, pfn, writable, huge);
+                for (int k = extras.Count - 1; k >= firstExtra; k--)
                 {
-                    owner.ReplaceMigrationEntry(slot, pfn, owner.RestoredEntryFor(pfn, writable, huge));
+                    RestoreEntry(extras[k].Mm, extras[k].Vpn, pfn, extras[k].Writable, extras[k].Huge);
+                    extras.RemoveAt(k);
                 }
             }
             memory.UnlockFrame(pfn);
@@ -162,6 +225,17 @@ public static unsafe class MigrateDevice
         }
         seen.Clear();
         return Errno.Ok;
+    }
+
+    /// <summary>Turns the migration entry of <paramref name="pfn"/> at virtual page <paramref name="vpn"/> back into its device entry.</summary>
+    private static void RestoreEntry(AddressSpace mm, ulong vpn, ulong pfn, bool writable, bool huge)
+    {
+        ulong va = vpn << Page.Shift;
+        ulong* slot = huge ? mm.PmdEntry(va, alloc: false) : mm.PteEntry(va, alloc: false);
+        if (slot != null)
+        {
+            mm.ReplaceMigrationEntry(slot, pfn, mm.RestoredEntryFor(pfn, writable, huge));
+        }
     }
 
     private static bool TryEnterReadBriefly(MmapLock l)
@@ -238,6 +312,67 @@ public static unsafe class MigrateDevice
     }
 
     /// <summary>
+    /// Finishes the further (forked) mappings of collected pages before the first mapping is finalized (kernel:
+    /// remove_migration_ptes over every rmap hit): each migration entry becomes an entry of the destination (one more
+    /// map count and reference on it; the page is now shared, so not exclusive) or of the source again.
+    /// </summary>
+    private static void FinalizeExtras(PhysicalMemory memory, ulong[] src, ulong[] dst)
+    {
+        List<Extra>? extras = t_extras;
+        if (extras is null || extras.Count == 0)
+        {
+            return;
+        }
+        int n = Math.Min(src.Length, dst.Length);
+        foreach (Extra x in extras)
+        {
+            if (x.Index >= n)
+            {
+                continue;
+            }
+            ulong s = src[x.Index];
+            ulong d = dst[x.Index];
+            ulong spfn = s >> MigratePfn.Shift;
+            bool move = (s & (MigratePfn.Migrate | MigratePfn.Valid)) == (MigratePfn.Migrate | MigratePfn.Valid) && (d & MigratePfn.Valid) != 0;
+            ulong dpfn = d >> MigratePfn.Shift;
+            ulong target = move ? dpfn : spfn;
+            ulong va = x.Vpn << Page.Shift;
+            ulong* slot = x.Huge ? x.Mm.PmdEntry(va, alloc: false) : x.Mm.PteEntry(va, alloc: false);
+            if (slot == null)
+            {
+                continue;
+            }
+            if (move)
+            {
+                memory.Get(dpfn);
+                memory.AddMap(dpfn);
+                memory.ClearFlags(dpfn, FrameFlags.AnonExclusive);
+            }
+            if (x.Mm.ReplaceMigrationEntry(slot, spfn, x.Mm.RestoredEntryFor(target, x.Writable, x.Huge)))
+            {
+                if (move)
+                {
+                    memory.RemoveMap(spfn);
+                    memory.Put(spfn);   // the migration entry's share (the first mapping's and ours follow)
+                }
+            }
+            else if (move)
+            {
+                memory.RemoveMap(dpfn);   // the entry went away meanwhile (a zap released the migration entry)
+                memory.Put(dpfn);
+            }
+        }
+        foreach (Extra x in extras)
+        {
+            if (x.Index < n && (src[x.Index] & MigratePfn.Migrate) != 0 && (dst[x.Index] & MigratePfn.Valid) != 0)
+            {
+                DeviceRmap.Forget(memory, src[x.Index] >> MigratePfn.Shift);
+            }
+        }
+        extras.Clear();
+    }
+
+    /// <summary>
     /// Ends the eviction (kernel: migrate_device_finalize): migration entries become mappings of the destination
     /// (still Migrate) or of the source; sources are unlocked and released (a migrated device page reaches its map's
     /// <c>PageFree</c>), unused destinations released, and the mmap locks taken by <see cref="MigrateDeviceRange"/>
@@ -248,6 +383,7 @@ public static unsafe class MigrateDevice
         ArgumentNullException.ThrowIfNull(memory);
         try
         {
+            FinalizeExtras(memory, src, dst);
             int n = Math.Min(src.Length, dst.Length);
             for (int i = 0; i < n; i++)
             {
@@ -279,6 +415,7 @@ public static unsafe class MigrateDevice
         }
         finally
         {
+            t_extras?.Clear();
             List<AddressSpace>? locked = t_locked;
             if (locked is not null)
             {

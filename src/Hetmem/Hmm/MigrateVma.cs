@@ -106,6 +106,7 @@ public sealed unsafe class MigrateVma
     /// <see cref="FaultPage"/> that is not a locked device-private page.</returns>
     public Errno Setup()
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Migrate, "migrate_vma_setup", TraceArg.Address(Start), TraceArg.Pages((long)((End - Start) >> Page.Shift)));
         Vma? vma = Vma;
         if (vma is null || vma.Kind is VmaKind.HugeTlb or VmaKind.Dax or VmaKind.PfnMap or VmaKind.MixedMap
             || (vma.Flags & (VmFlags.Special | VmFlags.HugeTlb)) != 0)
@@ -487,6 +488,7 @@ public sealed unsafe class MigrateVma
     /// </summary>
     public void Pages()
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Migrate, "migrate_vma_pages", TraceArg.Address(Start), TraceArg.Pages((long)((End - Start) >> Page.Shift)));
         AddressSpace? mm = _mm;
         if (mm is null)
         {
@@ -712,6 +714,7 @@ public sealed unsafe class MigrateVma
     public void Finalize()
 #pragma warning restore CS0465
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Migrate, "migrate_vma_finalize", TraceArg.Address(Start), TraceArg.Pages((long)((End - Start) >> Page.Shift)));
         AddressSpace? mm = _mm;
         if (mm is null)
         {

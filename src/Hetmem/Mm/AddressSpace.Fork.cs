@@ -96,6 +96,7 @@ public sealed unsafe partial class AddressSpace
             {
                 AssertInBracket(a, "fork's write-protect");
             }
+            ulong sharedDevicePage = Page.NoPfn;
             lock (PtlFor(slot))
             {
                 var cur = new Pte(Volatile.Read(ref *slot));
@@ -160,6 +161,7 @@ public sealed unsafe partial class AddressSpace
                             childValue = Pte.MakeSwap(SwapEntryType.DevicePrivate, cur.Pfn, false, cur.SwapHuge).Value;
                             Memory.Get(cur.Pfn);
                             Memory.AddMap(cur.Pfn);
+                            sharedDevicePage = cur.Pfn;
                             break;
                         default:
                             childValue = 0; // migration/poison entries are not inherited (a migration holds the write lock out)
@@ -167,6 +169,12 @@ public sealed unsafe partial class AddressSpace
                     }
                 }
                 *dst = childValue;
+            }
+            if (sharedDevicePage != Page.NoPfn)
+            {
+                // The child's entry is a further mapping of the device page: record it so eviction finds it
+                // (kernel: the child's anon_vma joins the chain rmap walks).
+                DeviceRmap.Add(Memory, sharedDevicePage, child, Page.AlignDown(a, step) >> Page.Shift);
             }
             a = Page.AlignDown(a, step) + step;
         }

@@ -24,6 +24,8 @@ public enum Advice
     PopulateRead = 22,
     /// <summary>Fault the range in for write.</summary>
     PopulateWrite = 23,
+    /// <summary>Collapse the range into transparent huge pages now, synchronously (kernel: MADV_COLLAPSE, 6.1+).</summary>
+    Collapse = 25,
 }
 
 /// <summary>madvise and msync (kernel: mm/madvise.c, mm/msync.c).</summary>
@@ -32,7 +34,10 @@ public sealed unsafe partial class AddressSpace
     /// <summary>Gives advice about [<paramref name="address"/>, +<paramref name="length"/>) (kernel: madvise).</summary>
     /// <exception cref="MmException">EINVAL (unaligned, unknown advice, advice not valid for the VMA: DONTNEED/FREE on
     /// locked, PFN-map or hugetlb-FREE VMAs, POPULATE on PFN maps or without permission), ENOMEM (part of the range
-    /// unmapped; the mapped parts are still advised, as the kernel does), EFAULT (POPULATE hit SIGBUS).</exception>
+    /// unmapped; the mapped parts are still advised, as the kernel does), EFAULT (POPULATE hit SIGBUS). COLLAPSE
+    /// (kernel: madvise_collapse_errno): EINVAL (VMA not eligible — VM_NOHUGEPAGE, not private anonymous — or a range
+    /// that cannot be collapsed: no page table, nothing writable, non-swap non-present entries, special or device pages),
+    /// EAGAIN (a page is locked or pinned), ENOMEM (no huge page could be allocated, or part of the range is unmapped).</exception>
     public void Madvise(ulong address, ulong length, Advice advice)
     {
         if (!Page.IsAligned(address, Page.Size))
@@ -53,6 +58,11 @@ public sealed unsafe partial class AddressSpace
             return;
         }
         ulong end = address + len;
+        if (advice == Advice.Collapse)
+        {
+            MadviseCollapse(address, end);   // takes, drops and retakes the mmap lock itself
+            return;
+        }
         bool write = advice is Advice.HugePage or Advice.NoHugePage;
         if (write)
         {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Hetmem.Physical;
 
 namespace Hetmem.Mm;
@@ -364,5 +365,164 @@ public sealed unsafe partial class AddressSpace
         }
         Notifiers.InvalidateRangeEnd(range);
         return done;
+    }
+}
+
+/// <summary>
+/// The reverse map of device-private pages beyond their first mapping (kernel: the anon_vma chain that rmap walks
+/// for try_to_migrate). A device page records its first mapping in <see cref="FrameInfo.Mapping"/> (the address
+/// space) and <see cref="FrameInfo.Index"/> (the virtual page); every further mapping fork creates is recorded here
+/// as (space, virtual page, frame generation), so eviction (<c>MigrateDevice</c>) can unmap and migrate a forked
+/// child's copy too.
+/// </summary>
+/// <remarks>
+/// Records are hints, checked against the page tables at use: a record whose frame was freed since (generation
+/// changed), whose space exited, or whose entry no longer maps the page is dropped when it is next looked at. Locking:
+/// one leaf lock per <see cref="PhysicalMemory"/>; it is taken with no page-table lock held and allocates only there.
+/// </remarks>
+internal static class DeviceRmap
+{
+    private readonly record struct Record(AddressSpace Mm, ulong Vpn, uint Generation);
+
+    private sealed class Table
+    {
+        public readonly Lock Lock = new();
+        public readonly Dictionary<ulong, List<Record>> Map = [];   // guarded by Lock; pfn → further mappings
+        public int AddsSincePrune;                                  // guarded by Lock
+    }
+
+    private static readonly ConditionalWeakTable<PhysicalMemory, Table> s_tables = new();
+
+    /// <summary>Records that <paramref name="mm"/> maps device page <paramref name="pfn"/> at virtual page <paramref name="vpn"/>.</summary>
+    internal static void Add(PhysicalMemory memory, ulong pfn, AddressSpace mm, ulong vpn)
+    {
+        Table t = s_tables.GetValue(memory, static _ => new Table());
+        uint gen = memory.Frame(pfn).Generation;
+        lock (t.Lock)
+        {
+            if (++t.AddsSincePrune >= 4096)
+            {
+                t.AddsSincePrune = 0;
+                PruneLocked(memory, t);
+            }
+            if (!t.Map.TryGetValue(pfn, out List<Record>? list))
+            {
+                list = [];
+                t.Map[pfn] = list;
+            }
+            list.RemoveAll(r => r.Generation != gen || !r.Mm.IsAlive || r.Mm == mm && r.Vpn == vpn);
+            list.Add(new Record(mm, vpn, gen));
+        }
+    }
+
+    /// <summary>True when any further mapping of <paramref name="pfn"/> may be recorded (cheap check, no allocation).</summary>
+    internal static bool MayHave(PhysicalMemory memory, ulong pfn)
+    {
+        if (!s_tables.TryGetValue(memory, out Table? t))
+        {
+            return false;
+        }
+        lock (t.Lock)
+        {
+            return t.Map.ContainsKey(pfn);
+        }
+    }
+
+    /// <summary>
+    /// Appends the live recorded mappings of <paramref name="pfn"/> (other than <paramref name="exclude"/> at
+    /// <paramref name="excludeVpn"/>) to <paramref name="into"/>, dropping stale records.
+    /// </summary>
+    internal static void Collect(PhysicalMemory memory, ulong pfn, List<(AddressSpace Mm, ulong Vpn)> into, AddressSpace? exclude, ulong excludeVpn)
+    {
+        if (!s_tables.TryGetValue(memory, out Table? t))
+        {
+            return;
+        }
+        uint gen = memory.Frame(pfn).Generation;
+        lock (t.Lock)
+        {
+            if (!t.Map.TryGetValue(pfn, out List<Record>? list))
+            {
+                return;
+            }
+            list.RemoveAll(r => r.Generation != gen || !r.Mm.IsAlive);
+            if (list.Count == 0)
+            {
+                t.Map.Remove(pfn);
+                return;
+            }
+            foreach (Record r in list)
+            {
+                if (!(r.Mm == exclude && r.Vpn == excludeVpn))
+                {
+                    into.Add((r.Mm, r.Vpn));
+                }
+            }
+        }
+    }
+
+    /// <summary>Replaces the recorded virtual page of (<paramref name="mm"/>, <paramref name="oldVpn"/>) or drops it (<paramref name="newVpn"/> = null).</summary>
+    internal static void Update(PhysicalMemory memory, ulong pfn, AddressSpace mm, ulong oldVpn, ulong? newVpn)
+    {
+        if (!s_tables.TryGetValue(memory, out Table? t))
+        {
+            return;
+        }
+        lock (t.Lock)
+        {
+            if (!t.Map.TryGetValue(pfn, out List<Record>? list))
+            {
+                return;
+            }
+            int i = list.FindIndex(r => r.Mm == mm && r.Vpn == oldVpn);
+            if (i >= 0)
+            {
+                if (newVpn is { } v)
+                {
+                    list[i] = list[i] with { Vpn = v };
+                }
+                else
+                {
+                    list.RemoveAt(i);
+                }
+            }
+            if (list.Count == 0)
+            {
+                t.Map.Remove(pfn);
+            }
+        }
+    }
+
+    /// <summary>Drops every record of <paramref name="pfn"/> (its page was migrated away).</summary>
+    internal static void Forget(PhysicalMemory memory, ulong pfn)
+    {
+        if (s_tables.TryGetValue(memory, out Table? t))
+        {
+            lock (t.Lock)
+            {
+                t.Map.Remove(pfn);
+            }
+        }
+    }
+
+    private static void PruneLocked(PhysicalMemory memory, Table t)
+    {
+        List<ulong>? dead = null;
+        foreach ((ulong pfn, List<Record> list) in t.Map)
+        {
+            uint gen = memory.Frame(pfn).Generation;
+            list.RemoveAll(r => r.Generation != gen || !r.Mm.IsAlive);
+            if (list.Count == 0)
+            {
+                (dead ??= []).Add(pfn);
+            }
+        }
+        if (dead is not null)
+        {
+            foreach (ulong pfn in dead)
+            {
+                t.Map.Remove(pfn);
+            }
+        }
     }
 }

@@ -114,7 +114,7 @@ public sealed unsafe partial class DmirrorDevice
             }
             Memory.LockFrame(dpage);
             dst[i] = MigratePfn.Make(dpage) | (s & MigratePfn.Write) | (order != 0 ? MigratePfn.Compound : 0);
-            Memory.CopyFrame(dpage, from, 1UL << order);
+            MigrateCopy.CopyPages(Memory, dpage, from, 1UL << order);
         }
         MigrateDevice.Pages(Memory, src, dst);
         MigrateDevice.Finalize(Memory, src, dst);

@@ -299,6 +299,7 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
                 return Page.NoPfn;
             }
         }
+        if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.DeviceMemoryAllocation, Memory)) { if (rpage != Page.NoPfn) { Memory.Put(rpage); } return Page.NoPfn; }
         ulong dpage;
         lock (_lock)
         {

@@ -105,7 +105,7 @@ public sealed unsafe partial class DmirrorFile
     {
         ulong start = cmd.Addr;
         ulong size = cmd.Npages << Page.Shift;
-        byte* bounce = AllocBounce(size);
+        byte* bounce = RentBounce(size, out ulong bounceCapacity);
         if (bounce == null)
         {
             return Fail(Errno.ENOMEM, $"no memory for a {size}-byte bounce buffer");
@@ -131,7 +131,7 @@ public sealed unsafe partial class DmirrorFile
         }
         finally
         {
-            System.Runtime.InteropServices.NativeMemory.Free(bounce);
+            ReturnBounce(bounce, bounceCapacity);
         }
     }
 
@@ -222,13 +222,14 @@ public sealed unsafe partial class DmirrorFile
 
     private static void CopyOrClear(PhysicalMemory mem, ulong to, ulong from, ulong count)
     {
+        // Streaming copies (MigrateCopy): the device side is written once and not read back soon.
         if (from == Page.NoPfn || from == mem.ZeroPfn)
         {
-            mem.ZeroFrames(to, count);
+            MigrateCopy.ZeroPages(mem, to, count);
         }
         else
         {
-            mem.CopyFrame(to, from, count);
+            MigrateCopy.CopyPages(mem, to, from, count);
         }
     }
 
@@ -363,7 +364,7 @@ public sealed unsafe partial class DmirrorFile
                     _pt.Erase((addr >> Page.Shift));
                 }
                 addr += Page.Size;
-                mem.CopyFrame(to, from + (ulong)k);
+                MigrateCopy.CopyPages(mem, to, from + (ulong)k);
             }
             i += count;
         }

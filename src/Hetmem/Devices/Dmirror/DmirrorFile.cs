@@ -209,6 +209,7 @@ public sealed unsafe partial class DmirrorFile : IMmuIntervalNotifierOps, IDevic
             _pt.Clear();
         }
         Interlocked.Exchange(ref _cpuCache, null)?.Dispose();
+        FreeBounceCache();
     }
 
     /// <summary>Same as <see cref="Close"/>.</summary>
@@ -356,7 +357,7 @@ public sealed unsafe partial class DmirrorFile : IMmuIntervalNotifierOps, IDevic
         ulong size = cmd.Npages << Page.Shift;
         ulong start = cmd.Addr;
         ulong end = start + size;
-        byte* bounce = AllocBounce(size);
+        byte* bounce = RentBounce(size, out ulong bounceCapacity);
         if (bounce == null)
         {
             return Fail(Errno.ENOMEM, $"no memory for a {size}-byte bounce buffer");
@@ -392,7 +393,7 @@ public sealed unsafe partial class DmirrorFile : IMmuIntervalNotifierOps, IDevic
         }
         finally
         {
-            NativeMemory.Free(bounce);
+            ReturnBounce(bounce, bounceCapacity);
         }
     }
 
@@ -426,7 +427,7 @@ public sealed unsafe partial class DmirrorFile : IMmuIntervalNotifierOps, IDevic
         ulong size = cmd.Npages << Page.Shift;
         ulong start = cmd.Addr;
         ulong end = start + size;
-        byte* bounce = AllocBounce(size);
+        byte* bounce = RentBounce(size, out ulong bounceCapacity);
         if (bounce == null)
         {
             return Fail(Errno.ENOMEM, $"no memory for a {size}-byte bounce buffer");
@@ -458,7 +459,7 @@ public sealed unsafe partial class DmirrorFile : IMmuIntervalNotifierOps, IDevic
         }
         finally
         {
-            NativeMemory.Free(bounce);
+            ReturnBounce(bounce, bounceCapacity);
         }
     }
 

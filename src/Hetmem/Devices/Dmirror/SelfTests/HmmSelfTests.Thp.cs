@@ -149,9 +149,6 @@ internal static partial class HmmSelfTests
         self.BufferFree(buffer);
     }
 
-    /// <summary>MADV_COLLAPSE when Hetmem.Mm offers it (Advice.Collapse), else null.</summary>
-    private static Advice? CollapseAdvice() => Enum.TryParse("Collapse", out Advice a) && Enum.IsDefined(a) ? a : null;
-
     /// <summary>
     /// Collapse a range into a THP, migrate it whole (private: one device THP, PMD-mapped device-private entries that
     /// pagemap shows as swapped), then fault it back.
@@ -162,9 +159,7 @@ internal static partial class HmmSelfTests
         HmmBuffer buffer = HugeBuffer(self, Rw, null, self.PmdSize, out ulong size, out ulong npages, out ulong oldPtr);
         p.FillInts(buffer.Ptr, 0, size / 4, i => (int)i);
 
-        Advice? collapse = CollapseAdvice();
-        self.AssertTrue(collapse is not null, "MADV_COLLAPSE is available (missing: Hetmem.Mm.Advice has no Collapse member, AddressSpace.Madvise cannot collapse a range into a THP)");
-        int ret = p.Madvise(buffer.Ptr, size, collapse!.Value);
+        int ret = p.Madvise(buffer.Ptr, size, Advice.Collapse);
         self.AssertEq(ret, 0);
 
         ret = self.MigrateSysToDev(self.Fd, buffer, npages);
