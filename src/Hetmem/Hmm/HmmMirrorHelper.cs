@@ -1,3 +1,4 @@
+using Hetmem.Diagnostics.Scheduling;
 using Hetmem.Mm;
 
 namespace Hetmem.Hmm;
@@ -69,13 +70,22 @@ public static class HmmMirrorHelper
                 {
                     return r;
                 }
+                SchedulePoint.BeforeAcquire(device.UpdateLock, "device_update_lock");
                 lock (device.UpdateLock)
                 {
                     if (range.Notifier.ReadRetry(range.NotifierSeq))
                     {
                         continue;
                     }
-                    return device.ProgramDevice(range);
+                    try
+                    {
+                        Hetmem.Diagnostics.FaultInjection.MaybeThrowInCallback(mm.Memory);
+                        return device.ProgramDevice(range);
+                    }
+                    catch (Hetmem.Diagnostics.InjectedFaultException)
+                    {
+                        return Errno.EFAULT; // the device could not be programmed: the fault fails, nothing is mapped
+                    }
                 }
             }
         }

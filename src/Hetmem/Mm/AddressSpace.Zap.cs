@@ -297,9 +297,15 @@ public sealed unsafe partial class AddressSpace
     {
         var range = new MmuNotifierRange(this, start, start + Page.PmdSize, MmuNotifierEvent.Clear);
         Notifiers.InvalidateRangeStart(range);
-        SplitHugePmdLocked(start, pmd);
-        FlushTlb();
-        Notifiers.InvalidateRangeEnd(range);
+        try
+        {
+            SplitHugePmdLocked(start, pmd);   // ENOMEM when no frame is left for the PTE table: nothing changed
+            FlushTlb();
+        }
+        finally
+        {
+            Notifiers.InvalidateRangeEnd(range);
+        }
     }
 
     /// <summary>The split itself; the caller is inside a notifier bracket covering the PMD and flushes the TLB.</summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using Hetmem.Diagnostics.Scheduling;
 using Hetmem.Physical;
 using Hetmem.Storage;
 
@@ -138,6 +139,7 @@ public sealed unsafe partial class AddressSpace : IMappingSpace, IDisposable
 
     private ulong AllocTable()
     {
+        if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.PageTableAllocation, Memory)) { return Page.NoPfn; }
         ulong pfn = Memory.Allocate(0, zero: true);
         if (pfn != Page.NoPfn)
         {
@@ -152,7 +154,12 @@ public sealed unsafe partial class AddressSpace : IMappingSpace, IDisposable
 
     /// <summary>The split page-table lock protecting the entry at <paramref name="entry"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal Lock PtlFor(ulong* entry) => _ptl[((nuint)entry >> 12) % PtlStripes];
+    internal Lock PtlFor(ulong* entry)
+    {
+        Lock l = _ptl[((nuint)entry >> 12) % PtlStripes];
+        SchedulePoint.BeforeAcquire(l, "ptl");
+        return l;
+    }
 
     /// <summary>
     /// Returns the next-level table under <paramref name="entry"/>, allocating it when empty and

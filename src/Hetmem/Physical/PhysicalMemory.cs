@@ -198,6 +198,7 @@ public sealed unsafe partial class PhysicalMemory : IDisposable
         {
             throw new ArgumentOutOfRangeException(nameof(order), $"order {order} is not 0..{MaxOrder}{(SupportsGigantic ? " or 18" : "")}");
         }
+        if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.FrameAllocation, this)) { return Page.NoPfn; }
         uint idx;
         lock (_buddyLock)
         {

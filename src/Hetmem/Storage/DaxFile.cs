@@ -144,6 +144,7 @@ public sealed unsafe class DaxFile : Inode
             headPgoff = pgoff & ~((1UL << order) - 1);
             block = x.PhysicalBlock + (headPgoff - x.FileBlock);
         }
+        if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.DaxIo, FileSystem.Namespace.Memory)) { order = 0; return Errno.EIO; } // media error (kernel: dax_direct_access → -EIO → VM_FAULT_SIGBUS)
         ref FrameInfo f = ref FileSystem.FrameOf(block);
         Interlocked.Increment(ref f.RefCount);
         // The extent map owns the block; the frame's owner fields mirror it for rmap-style users. They are
@@ -234,6 +235,7 @@ public sealed unsafe class DaxFile : Inode
             Span<byte> dst = buffer.Slice(done, n);
             if (TryMapBlock(fileBlock, out ulong block))
             {
+                if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.DaxIo, FileSystem.Namespace.Memory)) { return done > 0 ? done : throw new MmException(Errno.EIO, $"media error reading {Name} at 0x{pos:x}"); }
                 new ReadOnlySpan<byte>(FileSystem.BlockAddress(block) + inBlock, n).CopyTo(dst);
             }
             else
@@ -300,6 +302,7 @@ public sealed unsafe class DaxFile : Inode
             int n = Math.Min(Page.Size - inBlock, length - done);
             bool mapped = TryMapBlock(pos >> Page.Shift, out ulong block);
             Debug.Assert(mapped);
+            if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.DaxIo, FileSystem.Namespace.Memory)) { if (done == 0) { MmException.Throw(Errno.EIO, $"media error writing {Name} at 0x{pos:x}"); } limit = pos; length = done; break; }
             data.Slice(done, n).CopyTo(new Span<byte>(FileSystem.BlockAddress(block) + inBlock, n));
             done += n;
         }

@@ -109,6 +109,7 @@ internal sealed unsafe class Vram : IDevicePageMapOps, IDisposable
             VramChunk? c = block.Chunk;
             if (c is null)
             {
+                if (Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.DeviceMemoryAllocation, _device.Memory)) { return null; }
                 if (_free.Count == 0)
                 {
                     return null;

@@ -300,6 +300,7 @@ public sealed partial class QueuePair : IDisposable
                     {
                         local = BuildRequestLocked(wr, e.Psn, total, frame, out frameCap);
                     }
+                    if (local == WcStatus.SUCCESS && Hetmem.Diagnostics.FaultInjection.Enabled && Hetmem.Diagnostics.FaultInjection.ShouldFail(Hetmem.Diagnostics.FaultSites.TransportSend, Pd.Space.Memory)) { MoveToErrorLocked(0, WcStatus.RETRY_EXC_ERR, 0); flushRecv = true; } // the link is dead: the oldest WR exhausts its retries (IBV_WC_RETRY_EXC_ERR), the rest flush
                     if (local != WcStatus.SUCCESS)
                     {
                         MoveToErrorLocked(_sqCount - 1, local, (uint)err);

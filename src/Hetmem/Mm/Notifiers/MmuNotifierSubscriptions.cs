@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Hetmem.Diagnostics;
+using Hetmem.Diagnostics.Scheduling;
 
 namespace Hetmem.Mm;
 
@@ -109,6 +110,18 @@ public sealed class MmuNotifierSubscriptions
 
     private void Warn() => Interlocked.Increment(ref _warnings);
 
+    /// <summary>
+    /// The last exception an interval-notifier invalidate callback threw, or null (kernel: the WARN splat of a
+    /// callback that failed a blockable invalidation). Such a callback is contained: it counts as a refusal (a
+    /// <see cref="Warnings"/> entry for a blockable range, EAGAIN from the start of a non-blockable one), the remaining
+    /// callbacks still run, and the range end and sequence completion still happen.
+    /// </summary>
+    public Exception? LastCallbackFault => Volatile.Read(ref _lastCallbackFault);
+
+    private Exception? _lastCallbackFault; // Volatile; written by the thread whose callback threw
+
+    private void RecordCallbackFault(Exception ex) => Volatile.Write(ref _lastCallbackFault, ex);
+
     /// <summary>Takes <c>_lock</c>, reporting it to the lock-order validator as <see cref="LockClass.NotifierSubscriptions"/>.</summary>
     private LockScope Locked()
     {
@@ -204,6 +217,7 @@ public sealed class MmuNotifierSubscriptions
     /// <summary>kernel: mmu_interval_read_begin.</summary>
     internal long ReadBegin(MmuIntervalNotifier sub)
     {
+        SchedulePoint.BeforeWait("mmu_interval_read_begin", static n => Volatile.Read(ref n._seq) != n.Space.Notifiers._invalidateSeq, sub);
         using (Locked())
         {
             long seq = Volatile.Read(ref sub._seq);
@@ -265,6 +279,7 @@ public sealed class MmuNotifierSubscriptions
             _invalidateSeq |= 1;
             curSeq = _invalidateSeq;
         }
+        SchedulePoint.Here("invalidate_seq_odd");
         // The tree is frozen while the sequence is odd, and it stays odd until this range ends.
         var visitor = new InvalidateVisitor(this, range, curSeq);
         bool completed;
@@ -343,6 +358,15 @@ public sealed class MmuNotifierSubscriptions
             try
             {
                 ok = sub.Ops.Invalidate(sub, _range, _curSeq);
+                Hetmem.Diagnostics.FaultInjection.MaybeThrowInCallback(_owner._space.Memory); // injected after the callback did its work
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A throwing callback is treated like one that refused (kernel: WARN_ON for a blockable range, and the
+                // walk goes on; -EAGAIN for a non-blockable one): the bracket completes and the mm operation stays
+                // consistent. The exception is kept in LastCallbackFault rather than unwinding a half-done operation.
+                _owner.RecordCallbackFault(ex);
+                ok = false;
             }
             finally
             {
@@ -540,7 +564,8 @@ public sealed class MmuNotifierSubscriptions
     internal Errno InvalidateRangeStart(in MmuNotifierRange range)
     {
         Counters.Inc(Counter.InvalidateRangeStart);
-        TraceLog.Instant(TraceCategory.Invalidate, TraceNames.Of(range.Event), TraceArg.Address(range.Start), TraceArg.Bytes((long)(range.End - range.Start)));
+        SchedulePoint.Here("invalidate_range_start");
+        using TraceSpan span = TraceLog.Enabled ? TraceLog.Span(TraceCategory.Invalidate, TraceNames.Of(range.Event), TraceArg.Address(range.Start), TraceArg.Of("event", (long)range.Event)) : default;
         if (!ItreeInvalidate(range))
         {
             return Errno.EAGAIN;
@@ -578,6 +603,8 @@ public sealed class MmuNotifierSubscriptions
     /// </summary>
     internal void InvalidateRangeEnd(in MmuNotifierRange range)
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Invalidate, "invalidate_range_end", TraceArg.Of("event", (long)range.Event), TraceArg.Bytes((long)(range.End - range.Start)));
+        SchedulePoint.Here("invalidate_range_end");
         MmuNotifier[] classic = Volatile.Read(ref _classic);
         if (classic.Length != 0)
         {
@@ -592,6 +619,7 @@ public sealed class MmuNotifierSubscriptions
             }
         }
         ItreeEnd();
+        SchedulePoint.Here("invalidate_seq_even");
     }
 
     /// <summary>
