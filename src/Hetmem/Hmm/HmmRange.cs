@@ -81,14 +81,19 @@ public sealed partial class HmmRange
     /// <param name="start">First address (page aligned).</param>
     /// <param name="end">End address (exclusive, page aligned, above <paramref name="start"/>).</param>
     /// <param name="hmmPfns">The entry array (one per page), or null to reuse the current one when its size fits.</param>
-    /// <exception cref="ArgumentException">Unaligned or empty range, or an entry array of the wrong size.</exception>
+    /// <exception cref="ArgumentException">Unaligned, empty or reversed range, more than <see cref="int.MaxValue"/> pages,
+    /// or an entry array of the wrong size.</exception>
     public void SetRange(ulong start, ulong end, ulong[]? hmmPfns = null)
     {
         if (!Page.IsAligned(start, Page.Size) || !Page.IsAligned(end, Page.Size) || end <= start)
         {
             throw new ArgumentException($"range [0x{start:x}, 0x{end:x}) must be non-empty and page aligned");
         }
-        int n = checked((int)((end - start) >> Page.Shift));
+        if ((end - start) >> Page.Shift > int.MaxValue)
+        {
+            throw new ArgumentException($"range [0x{start:x}, 0x{end:x}) has more pages than an entry array can hold");
+        }
+        int n = (int)((end - start) >> Page.Shift);
         if (hmmPfns is not null && hmmPfns.Length != n)
         {
             throw new ArgumentException($"hmm_pfns has {hmmPfns.Length} entries, the range has {n} pages");

@@ -6,11 +6,12 @@ namespace Hetmem.Mm;
 /// <summary>mmap and the VMA bookkeeping shared by the system calls (kernel: mm/mmap.c, mm/vma.c).</summary>
 public sealed unsafe partial class AddressSpace
 {
-    // Kernel: LEGACY_MAP_MASK (plus MAP_FIXED_NOREPLACE): the flags MAP_SHARED_VALIDATE accepts besides MAP_SYNC.
+    // Kernel: LEGACY_MAP_MASK: the flags MAP_SHARED_VALIDATE accepts besides MAP_SYNC. MAP_FIXED_NOREPLACE is newer and
+    // not in it, so MAP_SHARED_VALIDATE | MAP_FIXED_NOREPLACE is EOPNOTSUPP (as the host kernel answers).
     // Raw x86-64 values for the ones Hetmem ignores: 32BIT 0x40, GROWSDOWN 0x100, DENYWRITE 0x800, EXECUTABLE 0x1000,
     // LOCKED 0x2000, NONBLOCK 0x10000, STACK 0x20000, UNINITIALIZED 0x4000000, HUGE_2MB 0x54000000, HUGE_1GB 0x78000000.
     private const MapFlags KnownLegacyFlags = MapFlags.SharedValidate | MapFlags.Fixed | MapFlags.Anonymous | MapFlags.NoReserve
-        | MapFlags.Populate | MapFlags.HugeTlb | MapFlags.FixedNoReplace
+        | MapFlags.Populate | MapFlags.HugeTlb
         | (MapFlags)(0x40 | 0x100 | 0x800 | 0x1000 | 0x2000 | 0x10000 | 0x20000 | 0x4000000 | 0x54000000 | 0x78000000);
 
     /// <summary>
@@ -23,7 +24,8 @@ public sealed unsafe partial class AddressSpace
     /// Every VMA of a file holds a reference on its inode (kernel: get_file), dropped when the VMA goes.</remarks>
     /// <exception cref="MmException">
     /// EBADF (no file without MAP_ANONYMOUS); EINVAL (zero length, unaligned offset or fixed address, no or an
-    /// invalid mapping type, MAP_HUGETLB on a non-hugetlbfs file or without a pool, anonymous MAP_SHARED_VALIDATE);
+    /// invalid mapping type, MAP_HUGETLB on a non-hugetlbfs file or without a pool, anonymous MAP_SHARED_VALIDATE, MAP_FIXED
+    /// cutting a hugetlb mapping off a huge-page boundary);
     /// ENOMEM (length overflows when aligned, no room, beyond user space, hugetlb reservation failed); EOVERFLOW
     /// (offset + length beyond the file's limits); EPERM (fixed address below mmap_min_addr); EEXIST
     /// (MAP_FIXED_NOREPLACE over a mapping); EOPNOTSUPP (MAP_SHARED_VALIDATE with MAP_SYNC on a non-DAX file, or
@@ -31,6 +33,11 @@ public sealed unsafe partial class AddressSpace
     /// </exception>
     public ulong Mmap(ulong address, ulong length, Prot prot, MapFlags flags, IMappable? file = null, ulong offset = 0, FileAccess access = FileAccess.ReadWrite)
     {
+        // The offset first: x86's sys_mmap rejects an unaligned one before it looks up the file descriptor.
+        if (!Page.IsAligned(offset, Page.Size))
+        {
+            MmException.Throw(Errno.EINVAL, $"offset 0x{offset:x} is not page aligned");
+        }
         bool anonymous = (flags & MapFlags.Anonymous) != 0;
         if (anonymous)
         {
@@ -39,10 +46,6 @@ public sealed unsafe partial class AddressSpace
         else if (file is null)
         {
             MmException.Throw(Errno.EBADF, "mmap without MAP_ANONYMOUS needs a file");
-        }
-        if (!Page.IsAligned(offset, Page.Size))
-        {
-            MmException.Throw(Errno.EINVAL, $"offset 0x{offset:x} is not page aligned");
         }
         prot &= Prot.Read | Prot.Write | Prot.Exec;
         MapFlags type = flags & MapFlags.SharedValidate;
@@ -80,25 +83,19 @@ public sealed unsafe partial class AddressSpace
         {
             MmException.Throw(Errno.EOVERFLOW, $"offset 0x{offset:x} + length 0x{len:x} overflows");
         }
-        bool shared;
-        switch (type)
-        {
-            case MapFlags.Shared:
-                shared = true;
-                break;
-            case MapFlags.SharedValidate when !anonymous:
-                shared = true;
-                break;
-            case MapFlags.Private:
-                shared = false;
-                break;
-            default:
-                MmException.Throw(Errno.EINVAL, $"mapping type {type} is invalid (need MAP_SHARED, MAP_PRIVATE, or MAP_SHARED_VALIDATE with a file)");
-                return 0;
-        }
+        // The mapping type is checked after the address is chosen (kernel: do_mmap's switch on MAP_TYPE follows
+        // __get_unmapped_area and the MAP_FIXED_NOREPLACE check), so a bad type with a bad address reports the address.
+        bool typeValid = type is MapFlags.Shared or MapFlags.Private || type == MapFlags.SharedValidate && !anonymous;
+        bool shared = type != MapFlags.Private;
 
         // __get_unmapped_area's checks for a fixed address.
         bool fixedMap = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
+        if (!fixedMap && address != 0)
+        {
+            // kernel: round_hint_to_min — a hint is rounded down to its page, and one below mmap_min_addr is raised to it.
+            address = Page.AlignDown(address, Page.Size);
+            address = address is > 0 and < MmapMinAddr ? MmapMinAddr : address;
+        }
         if (len > TaskSize)
         {
             MmException.Throw(Errno.ENOMEM, $"length 0x{len:x} exceeds user space");
@@ -116,32 +113,6 @@ public sealed unsafe partial class AddressSpace
             if (address < MmapMinAddr)
             {
                 MmException.Throw(Errno.EPERM, $"0x{address:x} is below mmap_min_addr 0x{MmapMinAddr:x}");
-            }
-        }
-
-        // do_mmap's file checks.
-        if (!anonymous)
-        {
-            if (type == MapFlags.SharedValidate && (flags & ~(KnownLegacyFlags | MapFlags.Sync)) != 0)
-            {
-                MmException.Throw(Errno.EOPNOTSUPP, $"MAP_SHARED_VALIDATE with unknown flags 0x{(int)(flags & ~(KnownLegacyFlags | MapFlags.Sync)):x}");
-            }
-            if (type == MapFlags.SharedValidate && (flags & MapFlags.Sync) != 0 && file!.Kind != MappableKind.Dax)
-            {
-                MmException.Throw(Errno.EOPNOTSUPP, "MAP_SYNC needs a file on a DAX file system");
-            }
-            if (shared && (prot & Prot.Write) != 0 && (access & FileAccess.Write) == 0)
-            {
-                MmException.Throw(Errno.EACCES, "MAP_SHARED with PROT_WRITE needs a file open for writing");
-            }
-            if ((access & FileAccess.Read) == 0)
-            {
-                MmException.Throw(Errno.EACCES, "the file is not open for reading");
-            }
-            ulong maxBytes = file is Inode inode ? inode.MaxFileSize : long.MaxValue;
-            if (pgoff > maxBytes >> Page.Shift || len > maxBytes - (pgoff << Page.Shift))
-            {
-                MmException.Throw(Errno.EOVERFLOW, $"[0x{offset:x}, +0x{len:x}) is beyond the largest offset the file can have");
             }
         }
 
@@ -190,6 +161,20 @@ public sealed unsafe partial class AddressSpace
             else
             {
                 start = GetUnmappedAreaLocked(address, len, align);
+            }
+            CheckMappingType(anonymous, typeValid, shared, type, flags, file, prot, access, pgoff, len);
+            if (fixedMap)
+            {
+                // The old mappings go as by munmap: a hugetlb VMA may not be cut off a huge-page boundary (kernel:
+                // __split_vma → hugetlb_vm_op_split), before anything is reserved or changed.
+                foreach (Vma v in Vmas.Intersecting(start, start + len))
+                {
+                    ulong hs = Page.Bytes(v.HugeOrder);
+                    if (v.Kind == VmaKind.HugeTlb && (start > v.Start && !Page.IsAligned(start, hs) || start + len < v.End && !Page.IsAligned(start + len, hs)))
+                    {
+                        MmException.Throw(Errno.EINVAL, $"MAP_FIXED [0x{start:x}, +0x{len:x}) would split the hugetlb VMA {v} off a huge-page boundary");
+                    }
+                }
             }
 
             // The backing object: anonymous shared memory is a shmem object, MAP_HUGETLB an unlinked hugetlbfs
@@ -273,13 +258,59 @@ public sealed unsafe partial class AddressSpace
     }
 
     /// <summary>
+    /// do_mmap's checks after the address is known: the file's size limit (EOVERFLOW), then the mapping type (EINVAL)
+    /// and what the type needs from the file (EOPNOTSUPP for MAP_SHARED_VALIDATE flags, EACCES for the open mode).
+    /// </summary>
+    private static void CheckMappingType(bool anonymous, bool typeValid, bool shared, MapFlags type, MapFlags flags, IMappable? file, Prot prot, FileAccess access, ulong pgoff, ulong len)
+    {
+        if (!anonymous)
+        {
+            // kernel: file_mmap_ok with file_mmap_size_max = MAX_LFS_FILESIZE for regular files (not the file system's
+            // s_maxbytes, which limits writes): a mapping may reach far beyond what the file could ever hold.
+            const ulong MaxLfsFileSize = long.MaxValue;
+            if (len > MaxLfsFileSize || pgoff > (MaxLfsFileSize - len) >> Page.Shift)
+            {
+                MmException.Throw(Errno.EOVERFLOW, $"[0x{pgoff << Page.Shift:x}, +0x{len:x}) is beyond the largest offset the file can have");
+            }
+        }
+        if (!typeValid)
+        {
+            MmException.Throw(Errno.EINVAL, $"mapping type {type} is invalid (need MAP_SHARED, MAP_PRIVATE, or MAP_SHARED_VALIDATE with a file)");
+        }
+        if (!anonymous)
+        {
+            if (type == MapFlags.SharedValidate && (flags & ~(KnownLegacyFlags | MapFlags.Sync)) != 0)
+            {
+                MmException.Throw(Errno.EOPNOTSUPP, $"MAP_SHARED_VALIDATE with unknown flags 0x{(int)(flags & ~(KnownLegacyFlags | MapFlags.Sync)):x}");
+            }
+            if (type == MapFlags.SharedValidate && (flags & MapFlags.Sync) != 0 && file!.Kind != MappableKind.Dax)
+            {
+                MmException.Throw(Errno.EOPNOTSUPP, "MAP_SYNC needs a file on a DAX file system");
+            }
+            if (shared && (prot & Prot.Write) != 0 && (access & FileAccess.Write) == 0)
+            {
+                MmException.Throw(Errno.EACCES, "MAP_SHARED with PROT_WRITE needs a file open for writing");
+            }
+            if ((access & FileAccess.Read) == 0)
+            {
+                MmException.Throw(Errno.EACCES, "the file is not open for reading");
+            }
+        }
+    }
+
+    /// <summary>
     /// Maps an open file (kernel: mmap with a file descriptor): <see cref="Mmap"/> with the handle's inode and
     /// open mode.
     /// </summary>
-    /// <exception cref="MmException">EBADF when <paramref name="handle"/> is closed; otherwise as <see cref="Mmap"/>.</exception>
+    /// <exception cref="MmException">EINVAL for an unaligned offset, then EBADF when <paramref name="handle"/> is closed;
+    /// otherwise as <see cref="Mmap"/>.</exception>
     public ulong MmapFile(ulong address, ulong length, Prot prot, MapFlags flags, FileHandle handle, ulong offset = 0)
     {
         ArgumentNullException.ThrowIfNull(handle);
+        if (!Page.IsAligned(offset, Page.Size))
+        {
+            MmException.Throw(Errno.EINVAL, $"offset 0x{offset:x} is not page aligned");   // before the descriptor, as sys_mmap
+        }
         if (handle.IsClosed)
         {
             MmException.Throw(Errno.EBADF, "mmap of a closed file handle");

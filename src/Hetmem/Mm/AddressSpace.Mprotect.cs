@@ -12,11 +12,19 @@ public sealed unsafe partial class AddressSpace
     /// </summary>
     /// <remarks>Unlike the kernel, which changes the VMAs before the first hole and then fails, a call that fails
     /// with ENOMEM (or EACCES) changes nothing: the whole range is validated first.</remarks>
-    /// <exception cref="MmException">EINVAL (unaligned address, unknown protection bits, a hugetlb VMA cut off its
-    /// huge-page boundary), ENOMEM (the range wraps or part of it is unmapped), EACCES (PROT_WRITE on a shared
+    /// <exception cref="MmException">EINVAL (unaligned address, unknown protection bits, PROT_GROWSDOWN/PROT_GROWSUP on
+    /// a mapping that does not grow, or both at once, a hugetlb VMA cut off its huge-page boundary), ENOMEM (the range wraps or part of it is unmapped), EACCES (PROT_WRITE on a shared
     /// mapping of a file not open for writing).</exception>
     public void Mprotect(ulong address, ulong length, Prot prot)
     {
+        // PROT_GROWSDOWN / PROT_GROWSUP (kernel: do_mprotect_pkey strips them first; both at once is EINVAL).
+        const Prot GrowsDown = (Prot)0x0100_0000, GrowsUp = (Prot)0x0200_0000;
+        Prot grows = prot & (GrowsDown | GrowsUp);
+        prot &= ~(GrowsDown | GrowsUp);
+        if (grows == (GrowsDown | GrowsUp))
+        {
+            MmException.Throw(Errno.EINVAL, "mprotect: PROT_GROWSDOWN and PROT_GROWSUP together");
+        }
         if (!Page.IsAligned(address, Page.Size))
         {
             MmException.Throw(Errno.EINVAL, $"mprotect: address 0x{address:x} is not page aligned");
@@ -42,6 +50,13 @@ public sealed unsafe partial class AddressSpace
             ThrowIfDead();
             // Validate everything before changing anything: the range must be fully mapped, permissions allowed.
             List<Vma> vmas = Vmas.Snapshot(address, end);
+            if (grows != 0)
+            {
+                // Hetmem has no VM_GROWSDOWN/VM_GROWSUP VMAs: no VMA in the range is ENOMEM (for GROWSUP: none at the
+                // start), any other case EINVAL, as the kernel decides for a VMA that does not grow that way.
+                bool none = vmas.Count == 0 || grows == GrowsUp && vmas[0].Start > address;
+                MmException.Throw(none ? Errno.ENOMEM : Errno.EINVAL, $"mprotect: {(grows == GrowsUp ? "PROT_GROWSUP" : "PROT_GROWSDOWN")} on a mapping that does not grow");
+            }
             ulong cursor = address;
             foreach (Vma v in vmas)
             {

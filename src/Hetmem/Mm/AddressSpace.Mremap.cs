@@ -26,11 +26,11 @@ public sealed unsafe partial class AddressSpace
     /// the old range mapped and empty. An old length of 0 duplicates a shared mapping. A moved VMA merges with
     /// compatible neighbours; an anonymous VMA that never faulted takes the page offset of its new address.
     /// </summary>
-    /// <exception cref="MmException">EINVAL (unknown flags, unaligned address, zero new length, FIXED or DONTUNMAP
+    /// <exception cref="MmException">EINVAL (unknown flags, unaligned address, zero new length or one beyond user space, FIXED or DONTUNMAP
     /// without MAYMOVE, DONTUNMAP that resizes or targets a VM_PFNMAP/VM_DONTEXPAND mapping, fixed target unaligned,
     /// beyond user space or overlapping the old range, old length 0 on a private mapping, a hugetlb mapping that grows
     /// or is cut off its huge-page boundary), EFAULT (no VMA at the old address, the old range runs past its VMA, or a
-    /// VM_PFNMAP/VM_DONTEXPAND mapping would grow), ENOMEM (cannot grow in place without MAYMOVE, or no room).</exception>
+    /// VM_PFNMAP/VM_DONTEXPAND mapping would grow), EPERM (a fixed target below mmap_min_addr), ENOMEM (cannot grow in place without MAYMOVE, or no room).</exception>
     public ulong Mremap(ulong oldAddress, ulong oldLength, ulong newLength, MremapFlags flags, ulong newAddress = 0)
     {
         if ((flags & ~(MremapFlags.MayMove | MremapFlags.Fixed | MremapFlags.DontUnmap)) != 0)
@@ -56,9 +56,15 @@ public sealed unsafe partial class AddressSpace
         {
             MmException.Throw(Errno.EINVAL, "mremap: new length is zero or overflows");
         }
-        bool fixedMove = (flags & MremapFlags.Fixed) != 0;
-        if (fixedMove)
+        if (newLen > TaskSize)
         {
+            MmException.Throw(Errno.EINVAL, $"mremap: new length 0x{newLen:x} is larger than user space");   // kernel: check_mremap_params
+        }
+        bool fixedMove = (flags & MremapFlags.Fixed) != 0;
+        if (fixedMove || dontUnmap)
+        {
+            // kernel: check_mremap_params checks the new address whenever it is used (vrm_implies_new_addr: FIXED, or
+            // DONTUNMAP, where it is a hint).
             if (!Page.IsAligned(newAddress, Page.Size))
             {
                 MmException.Throw(Errno.EINVAL, $"mremap: fixed target 0x{newAddress:x} is not page aligned");
@@ -93,6 +99,12 @@ public sealed unsafe partial class AddressSpace
                 {
                     MmException.Throw(Errno.EINVAL, "mremap: a hugetlb mapping cannot grow");
                 }
+            }
+            if (oldLen > newLen && (oldAddress + newLen > TaskSize || oldLen - newLen > TaskSize - (oldAddress + newLen)))
+            {
+                // The old tail would go by munmap, which refuses a range beyond user space (do_vmi_munmap): checked
+                // before anything is unmapped, so the rejected call changes nothing.
+                MmException.Throw(Errno.EINVAL, $"mremap: the old tail [0x{oldAddress + newLen:x}, +0x{oldLen - newLen:x}) is beyond user space");
             }
             if (!fixedMove && !dontUnmap && oldLen >= newLen)
             {
@@ -158,7 +170,12 @@ public sealed unsafe partial class AddressSpace
             {
                 MmException.Throw(Errno.EINVAL, $"mremap: fixed target 0x{newAddress:x} is not aligned to the huge page size");
             }
-            ulong target = fixedMove ? newAddress : GetUnmappedAreaLocked(0, newLen, align);
+            if (fixedMove && newAddress < MmapMinAddr)
+            {
+                // kernel: mremap_to's get_unmapped_area(MAP_FIXED) → security_mmap_addr, before anything moves.
+                MmException.Throw(Errno.EPERM, $"mremap: fixed target 0x{newAddress:x} is below mmap_min_addr 0x{MmapMinAddr:x}");
+            }
+            ulong target = fixedMove ? newAddress : GetUnmappedAreaLocked(dontUnmap ? newAddress : 0, newLen, align);
             if (fixedMove)
             {
                 if (!multi)
@@ -232,11 +249,69 @@ public sealed unsafe partial class AddressSpace
         return target;
     }
 
+    /// <summary>
+    /// The allocating half of a move, done before any entry moves: splits the anonymous THPs the move cannot keep whole
+    /// and allocates every destination table (kernel: move_vma moves the entries back when move_page_tables runs out
+    /// of memory; allocating first gives the same result, nothing moved).
+    /// </summary>
+    /// <exception cref="MmException">ENOMEM when a split or a destination table finds no frame; no entry has moved,
+    /// and the destination tables allocated so far are freed.</exception>
+    private void PrepareMoveLocked(Vma src, ulong oldAddress, ulong target, ulong moveLen)
+    {
+        try
+        {
+            for (ulong off = 0; off < moveLen;)
+            {
+                ulong a = oldAddress + off;
+                Pte e = Lookup(a, out int order, out ulong* slot);
+                ulong step = Page.Bytes(order);
+                if (slot == null || e.IsNone || order > 0 && (e.Value & Pte.Huge) == 0)
+                {
+                    off = Page.AlignDown(a, step) + step - oldAddress;
+                    continue;
+                }
+                if (order > 0)
+                {
+                    bool aligned = Page.IsAligned(a, step) && Page.IsAligned(target + off, step) && off + step <= moveLen;
+                    if (!aligned && order == Page.PmdOrder && src.Kind == VmaKind.Anonymous)
+                    {
+                        SplitHugePmd(Page.AlignDown(a, step), slot);
+                        continue;
+                    }
+                    if (!aligned)
+                    {
+                        off = Page.AlignDown(a, step) + step - oldAddress;
+                        continue;
+                    }
+                }
+                ulong* dst = order switch
+                {
+                    0 => PteEntry(target + off, alloc: true),
+                    Page.PmdOrder => PmdEntry(target + off, alloc: true),
+                    _ => PudEntry(target + off, alloc: true),
+                };
+                if (dst == null)
+                {
+                    MmException.Throw(Errno.ENOMEM, "mremap: no memory for page tables");
+                }
+                off += step;
+            }
+        }
+        catch (MmException)
+        {
+            Vma? before = Vmas.FindLastStartingBelow(target);
+            Vma? after = Vmas.FindFirstEndingAbove(target);
+            FreePgTables(target, target + moveLen, before?.End ?? 0, after?.Start ?? TaskSize + 1);
+            throw;
+        }
+    }
+
     private ulong MoveVmaLocked(ulong oldAddress, ulong oldLen, ulong target, ulong newLen, bool dontUnmap)
     {
         List<Vma> parts = SplitForRangeLocked(oldAddress, oldAddress + oldLen);
         Vma src = parts[0];
         ulong moveLen = Math.Min(oldLen, newLen);
+        PrepareMoveLocked(src, oldAddress, target, moveLen); // ENOMEM here leaves every entry where it was
         // An anonymous VMA that never faulted takes the page offset of its new place, so it can merge there.
         ulong pgoff = src.Kind == VmaKind.Anonymous && src.Anon is null ? target >> Page.Shift : src.Pgoff;
         var moved = new Vma(this, target, target + newLen, src.Flags, src.Kind, src.File, pgoff, src.Anon) { Reservation = src.Reservation };

@@ -67,7 +67,9 @@ internal sealed class AddressSpaceSection : IWorkload
                 ulong f = mm.MmapFile(RegionBase + Slot, fileLen, rw, MapFlags.Shared | MapFlags.FixedNoReplace, file);
                 regions.Add(new DemoRegion("file", VmaKind.File, f, fileLen, 1, context.Seed));
                 dax.Truncate(daxLen);
-                ulong d = mm.MmapFile(RegionBase + (2 * Slot), daxLen, rw, MapFlags.SharedValidate | MapFlags.Sync | MapFlags.FixedNoReplace, dax);
+                // MAP_SHARED_VALIDATE refuses MAP_FIXED_NOREPLACE (it is not a legacy flag), so this one is MAP_FIXED
+                // over the slot the layout reserved for it.
+                ulong d = mm.MmapFile(RegionBase + (2 * Slot), daxLen, rw, MapFlags.SharedValidate | MapFlags.Sync | MapFlags.Fixed, dax);
                 regions.Add(new DemoRegion("dax", VmaKind.Dax, d, daxLen, 2, context.Seed));
                 huge.Truncate(hugeLen);
                 ulong h = mm.MmapFile(RegionBase + (3 * Slot), hugeLen, rw, MapFlags.Shared | MapFlags.FixedNoReplace, huge);

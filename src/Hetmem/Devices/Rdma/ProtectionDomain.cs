@@ -49,10 +49,12 @@ public sealed class ProtectionDomain : IDisposable
     /// </summary>
     /// <exception cref="MmException">
     /// EINVAL: zero length, unknown flags, REMOTE_WRITE / REMOTE_ATOMIC without LOCAL_WRITE (ib_check_mr_access), an
-    /// implicit region without ON_DEMAND or with HUGETLB, a range that wraps, longer than max_mr_size, or the domain is
-    /// deallocated. EFAULT: the range leaves user space, or (pinned) a page is unmapped, VM_IO/VM_PFNMAP, or not writable
+    /// implicit region without ON_DEMAND or with HUGETLB, a range that wraps, longer than max_mr_size, (pinned) more than
+    /// UINT_MAX pages, a pinned range whose page-aligned end wraps, or the domain is deallocated. EOVERFLOW: an ODP range
+    /// whose page-aligned end wraps. EFAULT: the range leaves user space, or (pinned) a page is unmapped, VM_IO/VM_PFNMAP, or not writable
     /// when write access was asked. EOPNOTSUPP: pinned registration of a file-system DAX mapping (long-term pins of fsdax
-    /// pages are refused, check_vma_flags). ENOMEM: pinning ran out of memory.
+    /// pages are refused, check_vma_flags). ENOMEM: pinning ran out of memory, or an ODP region needs more than INT_MAX
+    /// bytes of PFN entries.
     /// </exception>
     public MemoryRegion RegMr(ulong addr, ulong length, AccessFlags access)
     {
@@ -91,6 +93,11 @@ public sealed class ProtectionDomain : IDisposable
             {
                 MmException.Throw(Errno.EINVAL, $"reg_mr of 0x{length:x} bytes exceeds max_mr_size 0x{Device.Attr.MaxMrSize:x}");
             }
+            if (Page.AlignUp(addr + length, Page.Size) < addr + length)
+            {
+                // Its page-aligned end wraps: ib_umem_get says EINVAL, ib_init_umem_odp (ODP) EOVERFLOW.
+                MmException.Throw(odp ? Errno.EOVERFLOW : Errno.EINVAL, $"reg_mr [0x{addr:x}, +0x{length:x}) wraps when page aligned");
+            }
             if (Page.AlignUp(addr + length, Page.Size) > AddressSpace.TaskSize)
             {
                 MmException.Throw(Errno.EFAULT, $"reg_mr [0x{addr:x}, +0x{length:x}) leaves user space");
@@ -101,6 +108,24 @@ public sealed class ProtectionDomain : IDisposable
             if (_deallocated)
             {
                 MmException.Throw(Errno.EINVAL, "reg_mr on a deallocated protection domain");
+            }
+        }
+        if (odp && !implicitOdp)
+        {
+            // ib_init_umem_odp allocates one PFN entry a page with kvcalloc, which refuses more than INT_MAX bytes.
+            ulong pages = (Page.AlignUp(addr + length, Page.Size) - Page.AlignDown(addr, Page.Size)) >> Page.Shift;
+            if (pages > int.MaxValue / sizeof(ulong))
+            {
+                MmException.Throw(Errno.ENOMEM, $"reg_mr [0x{addr:x}, +0x{length:x}): {pages} ODP entries exceed what kvcalloc gives");
+            }
+        }
+        if (!odp)
+        {
+            // ib_umem_get's own check before it pins anything: at most UINT_MAX pages.
+            ulong first = Page.AlignDown(addr, Page.Size), last = Page.AlignUp(addr + length, Page.Size);
+            if ((last - first) >> Page.Shift > uint.MaxValue)
+            {
+                MmException.Throw(Errno.EINVAL, $"reg_mr [0x{addr:x}, +0x{length:x}) has more than UINT_MAX pages to pin");
             }
         }
         MemoryRegion mr;
