@@ -1,3 +1,5 @@
+using Hetmem.Diagnostics.Scheduling;
+
 namespace Hetmem.Mm;
 
 /// <summary>
@@ -10,19 +12,35 @@ public sealed class MmapLock : IDisposable
     private readonly ReaderWriterLockSlim _rw = new(LockRecursionPolicy.NoRecursion);
 
     /// <summary>Takes the lock for read (kernel: mmap_read_lock).</summary>
-    public void EnterRead() => _rw.EnterReadLock();
+    public void EnterRead()
+    {
+        SchedulePoint.BeforeEnterRead(_rw, "mmap_read_lock");
+        _rw.EnterReadLock();
+    }
 
     /// <summary>Tries to take the lock for read without waiting (kernel: mmap_read_trylock).</summary>
     public bool TryEnterRead() => _rw.TryEnterReadLock(0);
 
     /// <summary>Releases the read side (kernel: mmap_read_unlock).</summary>
-    public void ExitRead() => _rw.ExitReadLock();
+    public void ExitRead()
+    {
+        _rw.ExitReadLock();
+        SchedulePoint.Here("mmap_read_unlock");
+    }
 
     /// <summary>Takes the lock for write (kernel: mmap_write_lock).</summary>
-    public void EnterWrite() => _rw.EnterWriteLock();
+    public void EnterWrite()
+    {
+        SchedulePoint.BeforeEnterWrite(_rw, "mmap_write_lock");
+        _rw.EnterWriteLock();
+    }
 
     /// <summary>Releases the write side (kernel: mmap_write_unlock).</summary>
-    public void ExitWrite() => _rw.ExitWriteLock();
+    public void ExitWrite()
+    {
+        _rw.ExitWriteLock();
+        SchedulePoint.Here("mmap_write_unlock");
+    }
 
     /// <summary>True when the current thread holds the read side.</summary>
     public bool IsReadHeld => _rw.IsReadLockHeld;
