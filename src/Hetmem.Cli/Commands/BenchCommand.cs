@@ -15,17 +15,24 @@ internal static class BenchCommand
         var cmd = new Command("bench",
             "Measure Hetmem's hot paths side by side with the host kernel on the same machine (madvise populate, munmap, " +
             "mprotect, native loads, memcpy) and compare both with the DESIGN.md targets. Values are per 4 KiB page unless the unit says otherwise.");
+        var markdown = new Option<string?>("--markdown")
+        {
+            Description = "Also write the results as Markdown to FILE (docs/vs-kernel.md): the generated block between its markers is replaced, the rest of the file is kept",
+            HelpName = "FILE",
+        };
         cmd.Options.Add(quick);
-        cmd.SetAction((parse, ct) => Task.FromResult(app.Execute(parse, "bench", ct, s => Run(app, s, parse.GetValue(quick)))));
+        cmd.Options.Add(markdown);
+        cmd.SetAction((parse, ct) => Task.FromResult(app.Execute(parse, "bench", ct, s => Run(app, s, parse.GetValue(quick), parse.GetValue(markdown)))));
         return (cmd,
         [
             "hetmem bench --quick",
             "hetmem bench --json > bench.json",
             "hetmem bench --quick --trace bench-trace.json",
+            "hetmem bench --markdown docs/vs-kernel.md",
         ]);
     }
 
-    public static int Run(CliApp app, CommandSession session, bool quick)
+    public static int Run(CliApp app, CommandSession session, bool quick, string? markdown = null)
     {
         var options = new BenchOptions(session.Settings, quick, session.Cancellation);
         BenchRegistry registry = app.Registries.Bench;
@@ -55,6 +62,11 @@ internal static class BenchCommand
             report = registry.Run(options, null, log);
         }
         IReadOnlyList<string> notes = session.Finish();
+        if (markdown is not null)
+        {
+            BenchMarkdown.WriteFile(markdown, report, quick);
+            app.Io.Err.WriteLine($"bench: wrote {markdown}");
+        }
         if (session.Settings.Json)
         {
             // Exactly the standard keys (issue 8's list), null when not measured; extra measurements are table-only.

@@ -55,6 +55,7 @@ public sealed unsafe partial class HmmRange
         Debug.Assert(_space.MmapLock.IsHeld, "hmm_range_fault needs the mmap lock");
         Debug.Assert(start >= Start && end <= End && start < end);
         Counters.Inc(Counter.HmmRangeFault);
+        using TraceSpan span = TraceLog.Span(TraceCategory.Hmm, "hmm_range_fault", TraceArg.Address(start), TraceArg.Pages((long)((end - start) >> Page.Shift)));
         _last = start;
         _walkEnd = end;
         try

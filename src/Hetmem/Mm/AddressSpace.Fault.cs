@@ -19,6 +19,7 @@ public sealed unsafe partial class AddressSpace
     /// <exception cref="MmException">ENOMEM when memory is exhausted.</exception>
     public void HandleCpuFault(ulong address, bool write)
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.CpuFault, "cpu_fault", TraceArg.Address(address), TraceArg.Of("write", write ? 1 : 0));
         MmapLock.EnterRead();
         VmFault r;
         try
@@ -92,6 +93,7 @@ public sealed unsafe partial class AddressSpace
         AssertMmapLocked();
         Debug.Assert(address >= vma.Start && address < vma.End);
         Counters.Inc(Counter.PgFault);
+        using TraceSpan span = TraceLog.Span(TraceCategory.CpuFault, "handle_mm_fault", TraceArg.Address(address), TraceArg.Of("flags", (long)flags));
         ulong addr = Page.AlignDown(address, Page.Size);
         bool write = (flags & FaultFlags.Write) != 0;
         switch (vma.Kind)
@@ -251,6 +253,38 @@ public sealed unsafe partial class AddressSpace
         return VmFault.Ok;
     }
 
+    /// <summary>
+    /// The recheck after allocating outside the lock (kernel: the pte_none / pte_same test under the page-table lock
+    /// in do_anonymous_page, finish_fault, do_swap_page, wp_page_copy): under the page-table lock of
+    /// <paramref name="slot"/>, if it still holds <paramref name="expected"/>, stores <paramref name="entry"/> and adds a
+    /// mapping of <paramref name="pfn"/>. False when another thread changed the entry first: the caller still owns its
+    /// reference on <paramref name="pfn"/> and must drop it (after closing any invalidation it opened).
+    /// </summary>
+    private bool TryInstall(ulong* slot, ulong expected, Pte entry, ulong pfn)
+    {
+        lock (PtlFor(slot))
+        {
+            if (*slot != expected)
+            {
+                return false;
+            }
+            *slot = entry.Value;
+            Memory.AddMap(pfn);
+            return true;
+        }
+    }
+
+    /// <summary><see cref="TryInstall"/>, dropping the caller's reference on <paramref name="pfn"/> when the entry changed.</summary>
+    private bool InstallOrPut(ulong* slot, ulong expected, Pte entry, ulong pfn)
+    {
+        if (TryInstall(slot, expected, entry, pfn))
+        {
+            return true;
+        }
+        Memory.Put(pfn);
+        return false;
+    }
+
     private ulong AllocPageOrReclaim(int order, bool zero)
     {
         ulong pfn = Memory.Allocate(order, zero);
@@ -278,19 +312,8 @@ public sealed unsafe partial class AddressSpace
             return VmFault.Oom;
         }
         InitAnonPage(pfn, vma, addr);
-        bool installed = false;
-        lock (PtlFor(pte))
+        if (!InstallOrPut(pte, 0, Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Dirty), pfn))
         {
-            if (*pte == 0)
-            {
-                *pte = Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Dirty).Value;
-                Memory.AddMap(pfn);
-                installed = true;
-            }
-        }
-        if (!installed)
-        {
-            Memory.Put(pfn);
             return VmFault.Retry;
         }
         Counters.Inc(Counter.AnonFault);
@@ -359,16 +382,7 @@ public sealed unsafe partial class AddressSpace
         InitAnonPage(pfn, vma, addr);
         var range = new MmuNotifierRange(this, addr, addr + Page.Size, MmuNotifierEvent.Clear);
         Notifiers.InvalidateRangeStart(range);
-        bool replaced = false;
-        lock (PtlFor(pte))
-        {
-            if (*pte == e.Value)
-            {
-                *pte = Pte.Make(pfn, true, Pte.Dirty).Value;
-                Memory.AddMap(pfn);
-                replaced = true;
-            }
-        }
+        bool replaced = TryInstall(pte, e.Value, Pte.Make(pfn, true, Pte.Dirty), pfn);
         if (replaced)
         {
             FlushTlb();
@@ -418,19 +432,8 @@ public sealed unsafe partial class AddressSpace
                 Memory.CopyFrame(copy, pfn);
                 Memory.Put(pfn);
                 InitAnonPage(copy, vma, addr);
-                bool ok = false;
-                lock (PtlFor(pte))
+                if (!InstallOrPut(pte, 0, Pte.Make(copy, true, Pte.Dirty), copy))
                 {
-                    if (*pte == 0)
-                    {
-                        *pte = Pte.Make(copy, true, Pte.Dirty).Value;
-                        Memory.AddMap(copy);
-                        ok = true;
-                    }
-                }
-                if (!ok)
-                {
-                    Memory.Put(copy);
                     return VmFault.Retry;
                 }
                 Counters.Inc(Counter.CowFault);
@@ -438,19 +441,8 @@ public sealed unsafe partial class AddressSpace
             }
             bool writable = shared && write && (vma.Flags & VmFlags.Write) != 0;
             ulong extra = (writable ? Pte.Dirty : 0) | (file.Kind == MappableKind.Dax ? Pte.DevMap : 0);
-            bool installed = false;
-            lock (PtlFor(pte))
+            if (!InstallOrPut(pte, 0, Pte.Make(pfn, writable, extra), pfn))
             {
-                if (*pte == 0)
-                {
-                    *pte = Pte.Make(pfn, writable, extra).Value;
-                    Memory.AddMap(pfn);
-                    installed = true;
-                }
-            }
-            if (!installed)
-            {
-                Memory.Put(pfn);
                 return VmFault.Retry;
             }
             if (writable)
@@ -502,19 +494,8 @@ public sealed unsafe partial class AddressSpace
                 return VmFault.Fallback;
             }
             bool writable = write && (vma.Flags & VmFlags.Write) != 0;
-            bool installed = false;
-            lock (PtlFor(slot))
+            if (!InstallOrPut(slot, 0, Pte.Make(pfn, writable, Pte.Huge | Pte.DevMap | (writable ? Pte.Dirty : 0)), pfn))
             {
-                if (*slot == 0)
-                {
-                    *slot = Pte.Make(pfn, writable, Pte.Huge | Pte.DevMap | (writable ? Pte.Dirty : 0)).Value;
-                    Memory.AddMap(pfn);
-                    installed = true;
-                }
-            }
-            if (!installed)
-            {
-                Memory.Put(pfn);
                 return VmFault.Retry;
             }
             if (writable)
@@ -616,19 +597,8 @@ public sealed unsafe partial class AddressSpace
             return VmFault.Fallback;
         }
         InitAnonPage(pfn, vma, start, Page.PmdOrder);
-        bool installed = false;
-        lock (PtlFor(pmd))
+        if (!InstallOrPut(pmd, 0, Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Huge | Pte.Dirty), pfn))
         {
-            if (*pmd == 0)
-            {
-                *pmd = Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Huge | Pte.Dirty).Value;
-                Memory.AddMap(pfn);
-                installed = true;
-            }
-        }
-        if (!installed)
-        {
-            Memory.Put(pfn);
             return VmFault.Retry;
         }
         Counters.Inc(Counter.ThpFaultAlloc);
@@ -657,16 +627,7 @@ public sealed unsafe partial class AddressSpace
                 InitAnonPage(pfn, vma, start, Page.PmdOrder);
                 var range = new MmuNotifierRange(this, start, start + Page.PmdSize, MmuNotifierEvent.Clear);
                 Notifiers.InvalidateRangeStart(range);
-                bool ok = false;
-                lock (PtlFor(pmd))
-                {
-                    if (*pmd == e.Value)
-                    {
-                        *pmd = Pte.Make(pfn, true, Pte.Huge | Pte.Dirty).Value;
-                        Memory.AddMap(pfn);
-                        ok = true;
-                    }
-                }
+                bool ok = TryInstall(pmd, e.Value, Pte.Make(pfn, true, Pte.Huge | Pte.Dirty), pfn);
                 FlushTlb();
                 Notifiers.InvalidateRangeEnd(range);
                 if (!ok)
@@ -762,17 +723,7 @@ public sealed unsafe partial class AddressSpace
                 }
                 writable = (vma.Flags & VmFlags.Write) != 0;
             }
-            bool installed = false;
-            lock (PtlFor(slot))
-            {
-                if (*slot == 0)
-                {
-                    *slot = Pte.Make(pfn, writable, Pte.Huge | (writable ? Pte.Dirty : 0)).Value;
-                    Memory.AddMap(pfn);
-                    installed = true;
-                }
-            }
-            if (!installed)
+            if (!TryInstall(slot, 0, Pte.Make(pfn, writable, Pte.Huge | (writable ? Pte.Dirty : 0)), pfn))
             {
                 file.Pool.ReleasePage(pfn);
                 return VmFault.Retry;
@@ -827,16 +778,7 @@ public sealed unsafe partial class AddressSpace
         }
         var range = new MmuNotifierRange(this, start, start + Page.Bytes(order), MmuNotifierEvent.Clear);
         Notifiers.InvalidateRangeStart(range);
-        bool replaced = false;
-        lock (PtlFor(slot))
-        {
-            if (*slot == e.Value)
-            {
-                *slot = Pte.Make(pfn, true, Pte.Huge | Pte.Dirty).Value;
-                Memory.AddMap(pfn);
-                replaced = true;
-            }
-        }
+        bool replaced = TryInstall(slot, e.Value, Pte.Make(pfn, true, Pte.Huge | Pte.Dirty), pfn);
         if (replaced)
         {
             FlushTlb();
@@ -886,19 +828,8 @@ public sealed unsafe partial class AddressSpace
         uint slot = (uint)e.Pfn;
         swap.Read(slot, Memory.FrameSpan(pfn));
         InitAnonPage(pfn, vma, addr);
-        bool installed = false;
-        lock (PtlFor(pte))
+        if (!InstallOrPut(pte, e.Value, Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Dirty), pfn))
         {
-            if (*pte == e.Value)
-            {
-                *pte = Pte.Make(pfn, (vma.Flags & VmFlags.Write) != 0, Pte.Dirty).Value;
-                Memory.AddMap(pfn);
-                installed = true;
-            }
-        }
-        if (!installed)
-        {
-            Memory.Put(pfn);
             return VmFault.Retry;
         }
         swap.Free(slot);
@@ -926,6 +857,7 @@ public sealed unsafe partial class AddressSpace
         }
         try
         {
+            Hetmem.Diagnostics.FaultInjection.MaybeThrowInCallback(Memory);
             Errno err = map.Ops.MigrateToRam(new DevicePageFault(this, addr, e.Pfn, write));
             return err switch
             {
@@ -934,6 +866,10 @@ public sealed unsafe partial class AddressSpace
                 Errno.EAGAIN or Errno.EBUSY => VmFault.Retry,
                 _ => VmFault.SigBus,
             };
+        }
+        catch (Hetmem.Diagnostics.InjectedFaultException)
+        {
+            return VmFault.SigBus; // a failed migrate_to_ram is VM_FAULT_SIGBUS; the device entry and its data stay
         }
         finally
         {

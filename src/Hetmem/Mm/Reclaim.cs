@@ -14,6 +14,7 @@ public static unsafe class Reclaim
     /// <summary>Reclaims what it can in [start, end) of <paramref name="vma"/> (kernel: madvise_pageout). Returns pages reclaimed. Mmap lock held.</summary>
     public static int PageOutRange(AddressSpace space, Vma vma, ulong start, ulong end)
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Memory, "reclaim_pageout", TraceArg.Address(start), TraceArg.Pages((long)((end - start) >> Page.Shift)));
         if (vma.Kind is VmaKind.HugeTlb or VmaKind.PfnMap or VmaKind.MixedMap or VmaKind.Dax)
         {
             return 0;
@@ -170,6 +171,7 @@ public static unsafe class Reclaim
     /// </summary>
     public static int DirectReclaim(AddressSpace space, int target)
     {
+        using TraceSpan span = TraceLog.Span(TraceCategory.Memory, "direct_reclaim", TraceArg.Pages(target));
         int done = 0;
         foreach (Vma v in space.Vmas.All)
         {
