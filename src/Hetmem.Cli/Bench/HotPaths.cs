@@ -538,7 +538,7 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
         return moved;
     }
 
-    /// <summary>Copies every source page to its destination, one vectorised memmove per run of contiguous frames on both sides.</summary>
+    /// <summary>Copies every source page to its destination, one streaming copy (MigrateCopy) per run of contiguous frames on both sides.</summary>
     private void CopyRuns(ulong[] src, ulong[] dst, int n)
     {
         int i = 0;
@@ -552,7 +552,7 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
             }
             if (s == Page.NoPfn)
             {
-                Memory.ZeroFrames(d, 1);
+                MigrateCopy.ZeroPages(Memory, d);
                 i++;
                 continue;
             }
@@ -564,8 +564,7 @@ public sealed unsafe class MigrateFixture : IDevicePageMapOps, IDisposable
             {
                 run++;
             }
-            int bytes = run << Page.Shift;
-            new ReadOnlySpan<byte>(Memory.Address(s), bytes).CopyTo(new Span<byte>(Memory.Address(d), bytes));
+            MigrateCopy.CopyPages(Memory, d, s, (ulong)run);
             i += run;
         }
     }
