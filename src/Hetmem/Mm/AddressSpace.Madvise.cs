@@ -33,7 +33,7 @@ public sealed unsafe partial class AddressSpace
 {
     /// <summary>Gives advice about [<paramref name="address"/>, +<paramref name="length"/>) (kernel: madvise).</summary>
     /// <exception cref="MmException">EINVAL (unaligned, unknown advice, advice not valid for the VMA: DONTNEED/FREE on
-    /// locked, PFN-map or hugetlb-FREE VMAs, POPULATE on PFN maps or without permission), ENOMEM (part of the range
+    /// locked, PFN-map or hugetlb-FREE VMAs, DONTNEED on a hugetlb VMA whose part of the range starts off a huge page, POPULATE on PFN maps or without permission), ENOMEM (part of the range
     /// unmapped; the mapped parts are still advised, as the kernel does), EFAULT (POPULATE hit SIGBUS). COLLAPSE
     /// (kernel: madvise_collapse_errno): EINVAL (VMA not eligible — VM_NOHUGEPAGE, not private anonymous — or a range
     /// that cannot be collapsed: no page table, nothing writable, non-swap non-present entries, special or device pages),
@@ -84,6 +84,11 @@ public sealed unsafe partial class AddressSpace
                     case Advice.DontNeed or Advice.Free when special || (v.Flags & VmFlags.Locked) != 0:
                     case Advice.Free when v.Kind != VmaKind.Anonymous:
                         MmException.Throw(Errno.EINVAL, $"madvise({advice}) is not valid for {v}");
+                        break;
+                    case Advice.DontNeed when v.Kind == VmaKind.HugeTlb && !Page.IsAligned(Math.Max(v.Start, address), Page.Bytes(v.HugeOrder)):
+                        // kernel: madvise_dontneed_free_valid_vma — the VMA's part of the range must start on a huge
+                        // page (its end is then rounded down to one).
+                        MmException.Throw(Errno.EINVAL, $"madvise({advice}) at 0x{Math.Max(v.Start, address):x} is not aligned to the huge pages of {v}");
                         break;
                 }
             }

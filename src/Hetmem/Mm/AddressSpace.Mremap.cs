@@ -120,8 +120,9 @@ public sealed unsafe partial class AddressSpace
             bool multi = false;
             if (keptLen > vma.End - oldAddress)
             {
-                // Linux 6.17+: a move that does not resize may span several VMAs and the holes between them.
-                multi = (fixedMove || dontUnmap) && oldLen == newLen;
+                // Linux 6.17+: a move that does not resize may span several VMAs and the holes between them, but only
+                // as a MREMAP_FIXED move (kernel: vrm_move_only); DONTUNMAP alone takes the one-VMA path.
+                multi = fixedMove && oldLen == newLen;
                 if (!multi)
                 {
                     MmException.Throw(Errno.EFAULT, $"mremap: [0x{oldAddress:x}, +0x{oldLen:x}) runs past the end of {vma}");

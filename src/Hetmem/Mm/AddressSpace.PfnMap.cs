@@ -10,7 +10,9 @@ public sealed unsafe partial class AddressSpace
     /// entries, like a driver's remap_pfn_range of a register window. The pages are not reference counted; HMM
     /// reports them as errors and devices cannot fault them.
     /// </summary>
-    /// <remarks>A free, page-aligned <paramref name="address"/> is used as is; otherwise a free range is chosen.</remarks>
+    /// <remarks><paramref name="address"/> is a hint, as for mmap without MAP_FIXED: rounded down to its page, raised to
+    /// mmap_min_addr when below it (round_hint_to_min), and used when that range is free and inside user space;
+    /// otherwise a free range is chosen. Nothing is ever mapped below mmap_min_addr or above TASK_SIZE.</remarks>
     /// <exception cref="MmException">EINVAL for a zero count, unknown protection bits, or PFNs without host memory;
     /// ENOMEM when the range is larger than user space, or no room or page-table memory is left (nothing is mapped then).</exception>
     public ulong MapPfnRange(ulong address, ulong firstPfn, ulong pageCount, Prot prot)
@@ -38,9 +40,16 @@ public sealed unsafe partial class AddressSpace
         using (MmapLock.Write())
         {
             ThrowIfDead();
-            ulong start = address != 0 && Page.IsAligned(address, Page.Size) && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(0, len, Page.Size);
+            ulong start = GetUnmappedAreaLocked(RoundHintToMin(address), len, Page.Size);
             var vma = new Vma(this, start, start + len, (VmFlags)(int)prot | VmFlags.Shared | VmFlags.MayRead | VmFlags.MayWrite | VmFlags.PfnMap | VmFlags.Io | VmFlags.DontExpand,
                 VmaKind.PfnMap, null, firstPfn, null);
+            // kernel: remap_pfn_range builds its entries from vma->vm_page_prot, so PAGE_NONE gives PROT_NONE entries
+            // (not present for the hardware: a CPU access faults and the VMA check raises SIGSEGV).
+            ulong entry = Pte.Make(0, (prot & Prot.Write) != 0, Pte.Special | Pte.Dirty).Value;
+            if ((prot & (Prot.Read | Prot.Write | Prot.Exec)) == 0)
+            {
+                entry = (entry & ~(Pte.Present | Pte.Write)) | Pte.ProtNone;
+            }
             for (ulong i = 0; i < pageCount; i++)
             {
                 ulong* pte = PteEntry(start + (i << Page.Shift), alloc: true);
@@ -53,11 +62,18 @@ public sealed unsafe partial class AddressSpace
                     FreePgTables(start, start + len, Vmas.FindLastStartingBelow(start)?.End ?? 0, Vmas.FindFirstEndingAbove(start)?.Start ?? TaskSize + 1);
                     MmException.Throw(Errno.ENOMEM, "remap_pfn_range: no memory for page tables");
                 }
-                *pte = Pte.Make(firstPfn + i, (prot & Prot.Write) != 0, Pte.Special | Pte.Dirty).Value;
+                *pte = entry | ((firstPfn + i) << Page.Shift);
             }
             Vmas.Insert(vma);
             return start;
         }
+    }
+
+    /// <summary>kernel: round_hint_to_min — a hint is rounded down to its page, and a non-zero one below mmap_min_addr is raised to it.</summary>
+    private static ulong RoundHintToMin(ulong hint)
+    {
+        hint = Page.AlignDown(hint, Page.Size);
+        return hint is > 0 and < MmapMinAddr ? MmapMinAddr : hint;
     }
 
     /// <summary>
@@ -65,8 +81,13 @@ public sealed unsafe partial class AddressSpace
     /// driver's mmap calling vm_insert_page, as the HMM test device does). A private mapping's pages are inserted
     /// read-only and copied on write.
     /// </summary>
-    /// <exception cref="MmException">EINVAL for a zero length, unknown protection bits or no MAP_SHARED/MAP_PRIVATE type;
-    /// ENOMEM when the length overflows, or memory or room runs out (nothing is mapped then).</exception>
+    /// <remarks><paramref name="address"/> follows do_mmap: without MAP_FIXED(_NOREPLACE) it is a hint as for
+    /// <see cref="MapPfnRange"/>; with one of them it is used as is when free. Hetmem difference: MAP_FIXED over an
+    /// existing mapping does not replace it — a free range is chosen instead.</remarks>
+    /// <exception cref="MmException">EINVAL for a zero length, unknown protection bits, no MAP_SHARED/MAP_PRIVATE type,
+    /// or an unaligned fixed address; ENOMEM when the length overflows, a fixed range ends above TASK_SIZE, or memory or
+    /// room runs out; EPERM for a fixed address below mmap_min_addr; EEXIST when a MAP_FIXED_NOREPLACE range overlaps a
+    /// mapping (nothing is mapped after any error).</exception>
     public ulong MapMixedPages(ulong address, ulong length, Prot prot, MapFlags flags)
     {
         if (length == 0)
@@ -87,10 +108,33 @@ public sealed unsafe partial class AddressSpace
             MmException.Throw(Errno.ENOMEM, $"vm_insert_page mapping of 0x{length:x} bytes is larger than user space");
         }
         bool shared = (flags & MapFlags.SharedValidate) != MapFlags.Private;
+        // This is reached through mmap of the device file, so the address follows do_mmap's rules: a fixed address
+        // must lie in [mmap_min_addr, TASK_SIZE) and be aligned; a hint is rounded (round_hint_to_min) and only used
+        // when that range is free and inside user space.
+        bool fixedMap = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
+        if (fixedMap)
+        {
+            if (address > TaskSize - len)
+            {
+                MmException.Throw(Errno.ENOMEM, $"vm_insert_page mapping: [0x{address:x}, +0x{len:x}) is beyond the top of user space");
+            }
+            if (!Page.IsAligned(address, Page.Size))
+            {
+                MmException.Throw(Errno.EINVAL, $"vm_insert_page mapping: fixed address 0x{address:x} is not page aligned");
+            }
+            if (address < MmapMinAddr)
+            {
+                MmException.Throw(Errno.EPERM, $"vm_insert_page mapping: 0x{address:x} is below mmap_min_addr 0x{MmapMinAddr:x}");
+            }
+        }
         using (MmapLock.Write())
         {
             ThrowIfDead();
-            ulong start = address != 0 && Page.IsAligned(address, Page.Size) && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(0, len, Page.Size);
+            if ((flags & MapFlags.FixedNoReplace) != 0 && !Vmas.IsFree(address, address + len))
+            {
+                MmException.Throw(Errno.EEXIST, $"vm_insert_page mapping: [0x{address:x}, 0x{address + len:x}) overlaps an existing mapping");
+            }
+            ulong start = fixedMap && Vmas.IsFree(address, address + len) ? address : GetUnmappedAreaLocked(RoundHintToMin(address), len, Page.Size);
             VmFlags vf = (VmFlags)(int)prot | VmFlags.MayRead | VmFlags.MayWrite | VmFlags.MixedMap | (shared ? VmFlags.Shared | VmFlags.MayShare : 0);
             var vma = new Vma(this, start, start + len, vf, VmaKind.MixedMap, null, start >> Page.Shift, null);
             var installed = new List<(ulong Address, ulong Pfn)>();

@@ -144,11 +144,48 @@ internal sealed class DmirrorPageTable
     }
 
     /// <summary>True when any entry of [<paramref name="startVpn"/>, <paramref name="endVpn"/>) has <paramref name="tag"/>.</summary>
+    /// <remarks>
+    /// The kernel (dmirror_check_atomic) loads every index of the range; this sparse table instead visits only the
+    /// leaves that exist when the range spans more leaf keys than there are leaves, as <see cref="EraseRange"/>
+    /// does, so CHECK_EXCLUSIVE over 2^40 pages costs the table's size, not the range's.
+    /// </remarks>
     public bool AnyWithTag(ulong startVpn, ulong endVpn, DmirrorTag tag)
     {
-        for (ulong vpn = startVpn; vpn < endVpn; vpn++)
+        if (endVpn <= startVpn || _count == 0)
         {
-            if (TryGet(vpn, out _, out DmirrorTag t) && t == tag)
+            return false;
+        }
+        ulong firstKey = startVpn >> LeafShift;
+        ulong lastKey = (endVpn - 1) >> LeafShift;
+        if (lastKey - firstKey >= (ulong)_leaves.Count)
+        {
+            foreach (KeyValuePair<ulong, Leaf> kv in _leaves)
+            {
+                if (kv.Key >= firstKey && kv.Key <= lastKey && LeafHasTag(kv.Key, kv.Value, firstKey, lastKey, startVpn, endVpn, tag))
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+        for (ulong key = firstKey; key <= lastKey; key++)
+        {
+            if (_leaves.TryGetValue(key, out Leaf? leaf) && LeafHasTag(key, leaf, firstKey, lastKey, startVpn, endVpn, tag))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static bool LeafHasTag(ulong key, Leaf leaf, ulong firstKey, ulong lastKey, ulong startVpn, ulong endVpn, DmirrorTag tag)
+    {
+        int from = key == firstKey ? (int)(startVpn & (LeafSize - 1)) : 0;
+        int to = key == lastKey ? (int)((endVpn - 1) & (LeafSize - 1)) + 1 : LeafSize;
+        ulong[] e = leaf.Entries;
+        for (int i = from; i < to; i++)
+        {
+            if (e[i] != 0 && (DmirrorTag)(e[i] & 3) == tag)
             {
                 return true;
             }

@@ -48,9 +48,11 @@ public sealed unsafe class PinnedMemoryRegion : MemoryRegion
         }
         // ib_umem_get pins writable when the region may be written by anyone (IB_ACCESS_WRITABLE).
         bool writable = (access & (AccessFlags.LOCAL_WRITE | AccessFlags.REMOTE_WRITE | AccessFlags.REMOTE_ATOMIC)) != 0;
-        ulong[] pfns = new ulong[pages];
         GupFlags flags = (writable ? GupFlags.Write : GupFlags.None) | GupFlags.LongTerm | GupFlags.Pin;
         ulong[] chunk = new ulong[Math.Min(pages, 512UL)];
+        // The PFN array grows with what is actually pinned (kernel: ib_umem_get appends each batch to its scatterlist),
+        // so a huge registration over unmapped memory fails before allocating for pages it never pinned.
+        ulong[] pfns = new ulong[chunk.Length];
         int pinned = 0;
         while ((ulong)pinned < pages)
         {
@@ -63,6 +65,11 @@ public sealed unsafe class PinnedMemoryRegion : MemoryRegion
                 Errno why = e == Errno.Ok ? Errno.EFAULT : e;
                 MmException.Throw(why, $"reg_mr: pinning [0x{start:x}, 0x{end:x}) failed at 0x{start + ((ulong)pinned << Page.Shift):x}" +
                     (why == Errno.EOPNOTSUPP ? " (long-term pins of fsdax pages are refused: register with ON_DEMAND)" : ""));
+            }
+            if (pinned + done > pfns.Length)
+            {
+                // Doubling, capped at the region's size: the last growth is the exact size when everything pins.
+                Array.Resize(ref pfns, (int)Math.Min(pages, Math.Max((ulong)(pinned + done), (ulong)pfns.Length * 2)));
             }
             Array.Copy(chunk, 0, pfns, pinned, done);
             pinned += done;
