@@ -407,6 +407,7 @@ public sealed unsafe partial class AddressSpace
         IMappable file = vma.File!;
         ulong pgoff = vma.PgoffOf(addr);
         bool shared = vma.IsShared;
+        Diagnostics.Scheduling.SchedulePoint.BeforeEnterRead(file.InvalidateLock, "invalidate_lock_read");
         file.InvalidateLock.EnterReadLock();
         try
         {
@@ -476,6 +477,7 @@ public sealed unsafe partial class AddressSpace
         ulong size = Page.Bytes(order);
         ulong start = Page.AlignDown(addr, size);
         ulong pgoff = vma.PgoffOf(start);
+        Diagnostics.Scheduling.SchedulePoint.BeforeEnterRead(file.InvalidateLock, "invalidate_lock_read");
         file.InvalidateLock.EnterReadLock();
         try
         {
@@ -692,6 +694,7 @@ public sealed unsafe partial class AddressSpace
             }
             return HugetlbCow(vma, file, start, slot, e, order);
         }
+        Diagnostics.Scheduling.SchedulePoint.BeforeEnterRead(file.InvalidateLock, "invalidate_lock_read");
         file.InvalidateLock.EnterReadLock();
         try
         {
@@ -807,6 +810,21 @@ public sealed unsafe partial class AddressSpace
             if (vma.Kind == VmaKind.MixedMap && !vma.IsShared && !e.IsSpecial)
             {
                 return CowReplace(vma, addr, slot, e);
+            }
+            if (vma.IsShared && (vma.Flags & VmFlags.Write) != 0)
+            {
+                // A shared writable PFN map with a read-only entry (mprotect took write away and gave it back: the
+                // entry is not dirty, so the upgrade was left to this fault). Without a pfn_mkwrite hook the entry
+                // just becomes writable (kernel: do_wp_page -> wp_pfn_shared -> wp_page_reuse).
+                lock (PtlFor(slot))
+                {
+                    ulong cur = Volatile.Read(ref *slot);
+                    if (cur == e.Value)
+                    {
+                        *slot = cur | Pte.Write | Pte.Dirty;
+                    }
+                }
+                return VmFault.Ok;
             }
             return VmFault.SigSegv;
         }
