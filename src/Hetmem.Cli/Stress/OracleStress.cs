@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using Hetmem.Devices.Dmirror;
 using Hetmem.Devices.Gpu;
+using Hetmem.Devices.Rdma;
 using Hetmem.Diagnostics;
 using Hetmem.Mm;
 using Hetmem.Physical;
@@ -14,13 +15,14 @@ namespace Hetmem.Cli.Stress;
 /// The oracle-checked stress engine behind <c>hetmem stress</c>: worker threads draw seeded random operations (CPU
 /// stores and loads, mmap, munmap, mprotect, MADV_DONTNEED/PAGEOUT, mremap, fork, page-cache truncate and punch hole,
 /// direct reclaim, dmirror READ/WRITE/MIGRATE/EXCLUSIVE, a probe device's TLB loads and stores, GPU kernel loads and
-/// stores) against one
+/// stores, a remote client's RDMA_READ/RDMA_WRITE through one ODP MR over the arena) against one
 /// address space, and a <see cref="StressOracle"/> checks every value any of them observes.
 /// </summary>
 /// <remarks>
 /// <para><b>Arena.</b> <see cref="StressLayout.Slots"/> fixed slots of <see cref="StressLayout.SlotPages"/> pages at
 /// <see cref="ArenaBase"/>; a slot is either private anonymous memory (mmap/munmap/mremap/fork move it around) or a
-/// MAP_SHARED mapping of its own page-cache file (truncate and punch hole zero it). The oracle models each page's
+/// MAP_SHARED mapping of its own page-cache file or of its own file on a DAX file system (truncate and punch hole
+/// zero it; beyond EOF is SIGBUS / EFAULT / REM_ACCESS_ERR). The oracle models each page's
 /// first word. Each worker also owns a small buffer (the dmirror commands' user pointer).</para>
 /// <para><b>Teardown checks.</b> After the workers stop, every page is read once more by the CPU and checked (so a
 /// device write that never became visible is caught), the devices are closed and the address space must have no
@@ -71,11 +73,14 @@ internal static unsafe class OracleStress
         public PageCacheFileSystem? PageCache;
         public string? PageCacheDir;
         public FileHandle?[] SlotFiles = [];
+        public DaxNamespace? DaxNamespace;
+        public DaxFileSystem? DaxFs;
         public DmirrorDriver? Driver;
         public DmirrorFile?[] Mirrors = new DmirrorFile?[4];
         public ProbeDevice? Probe;
         public GpuDevice? Gpu;
         public GpuContext? GpuContext;
+        public RemoteClient? Remote;
         public Worker[] Workers = [];
         private readonly object _errorLock = new();
 
@@ -168,18 +173,29 @@ internal static unsafe class OracleStress
         {
             Swap = new SwapStore((uint)Layout.Pages * 2);
             Mm = new AddressSpace(Memory, Swap);
-            bool files = Layout.FileSlotEvery > 0;
-            if (files)
+            if (Layout.HasFileSlots)
             {
                 PageCacheDir = Directory.CreateTempSubdirectory("hetmem-stress-").FullName;
-                PageCache = new PageCacheFileSystem(Memory, PageCacheDir);
+            }
+            if (Layout.FileSlotEvery > 0)
+            {
+                PageCache = new PageCacheFileSystem(Memory, PageCacheDir!);
+            }
+            int daxSlots = Enumerable.Range(0, Layout.Slots).Count(Layout.IsDaxSlot);
+            if (daxSlots > 0)
+            {
+                // 2 MiB of file-system metadata, then room for every slot file in its own 2 MiB block (sparse host file).
+                ulong bytes = (ulong)(daxSlots + 2) << (Page.Shift + Page.PmdOrder);
+                DaxNamespace = new DaxNamespace(Memory, Path.Combine(PageCacheDir!, "pmem0"), bytes);
+                DaxFs = DaxFileSystem.Format(DaxNamespace);
             }
             SlotFiles = new FileHandle?[Layout.Slots];
             for (int s = 0; s < Layout.Slots; s++)
             {
-                if (Layout.IsFileSlot(s))
+                if (Layout.IsSharedSlot(s))
                 {
-                    FileHandle h = PageCache!.Create(string.Create(CultureInfo.InvariantCulture, $"slot{s}"));
+                    string name = string.Create(CultureInfo.InvariantCulture, $"slot{s}");
+                    FileHandle h = Layout.IsDaxSlot(s) ? DaxFs!.Create(name) : PageCache!.Create(name);
                     h.Truncate(SlotBytes);
                     SlotFiles[s] = h;
                     Mm.MmapFile(SlotAddress(s), SlotBytes, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Fixed, h);
@@ -206,6 +222,10 @@ internal static unsafe class OracleStress
                 {
                     Gpu = new GpuDevice(Memory, new GpuDeviceOptions { Name = "stress-gpu", ExecutionUnits = 2, VramBytes = 16UL << 20 });
                     GpuContext = Gpu.CreateContext(Mm);
+                }
+                if (Options.Rdma)
+                {
+                    Remote = new RemoteClient(Memory, Mm, ArenaBase, (ulong)Layout.Pages << Page.Shift);
                 }
             }
         }
@@ -262,6 +282,15 @@ internal static unsafe class OracleStress
 
         private void TearDown()
         {
+            if (Remote is not null)
+            {
+                if (Remote.InternalErrors > 0)
+                {
+                    Error($"RDMA device thread failed: {Remote.LastInternalError}");
+                }
+                Result.RdmaReconnects = Remote.Reconnects;
+                Remote.Dispose();
+            }
             Probe?.Dispose();
             foreach (DmirrorFile? f in Mirrors)
             {
@@ -280,6 +309,8 @@ internal static unsafe class OracleStress
                 h?.Dispose();
             }
             PageCache?.Dispose();
+            DaxFs?.Dispose();
+            DaxNamespace?.Dispose();
             Swap?.Dispose();
             if (PageCacheDir is not null)
             {
@@ -308,7 +339,7 @@ internal static unsafe class OracleStress
                 int slot = gp / Layout.SlotPages;
                 ulong va = ArenaBase + ((ulong)gp << Page.Shift);
                 sb.Append(CultureInfo.InvariantCulture,
-                    $"VIOLATION: {v.What}: page {gp} (slot {slot}{(Layout.IsFileSlot(slot) ? ", shared file" : ", anonymous")}, va 0x{va:x}) " +
+                    $"VIOLATION: {v.What}: page {gp} (slot {slot}{(Layout.IsDaxSlot(slot) ? ", shared DAX file" : Layout.IsFileSlot(slot) ? ", shared file" : ", anonymous")}, va 0x{va:x}) " +
                     $"observed {StressOracle.Format(v.Observed)} over [t={v.ReadStart}, t={v.ReadEnd}] by thread {v.Thread} op #{v.Op}\n");
                 sb.Append("  the oracle's stores of that page at the time:\n").Append(v.History);
                 sb.Append("  operations around it touching that page, all threads:\n");
@@ -453,7 +484,7 @@ internal static unsafe class OracleStress
         {
             ulong va = Va(op);
             ulong len = (ulong)op.Pages << Page.Shift;
-            bool file = _run.Layout.IsFileSlot(op.Slot);
+            bool file = _run.Layout.IsSharedSlot(op.Slot);
             switch (op.Kind)
             {
                 case StressOpKind.CpuWrite:
@@ -587,6 +618,36 @@ internal static unsafe class OracleStress
                         return result;
                     });
                     return result == Errno.Ok ? done : DeviceOutcome(op, index, result);
+                }
+                case StressOpKind.RemoteRead:
+                {
+                    if (_run.Remote is not { } remote)
+                    {
+                        return "no RDMA";
+                    }
+                    long s = Oracle.Tick();
+                    WcStatus st = remote.Read(va, out ulong v);
+                    long t = Oracle.Tick();
+                    if (st != WcStatus.SUCCESS)
+                    {
+                        return RemoteOutcome(op, index, st);
+                    }
+                    Oracle.CheckRead(PageIndex(op), v, s, t, Id, index, "remote RDMA_READ through the ODP MR");
+                    return StressOracle.Format(v);
+                }
+                case StressOpKind.RemoteWrite:
+                {
+                    if (_run.Remote is not { } remote)
+                    {
+                        return "no RDMA";
+                    }
+                    WcStatus st = WcStatus.SUCCESS;
+                    string done = Store(op, index, page =>
+                    {
+                        st = remote.Write(ArenaBase + ((ulong)page << Page.Shift), Fresh(page));
+                        return st == WcStatus.SUCCESS ? Errno.Ok : Errno.EFAULT;
+                    });
+                    return st == WcStatus.SUCCESS ? done : RemoteOutcome(op, index, st);
                 }
                 default:
                     throw new InvalidOperationException($"unknown operation {op.Kind}");
@@ -800,6 +861,20 @@ internal static unsafe class OracleStress
                 }
             }
             return e == Errno.Ok ? "ok" : DeviceOutcome(op, index, e);
+        }
+
+        // REM_ACCESS_ERR: the responder's ODP fault failed (page unmapped, read-only for a write, beyond EOF).
+        private string RemoteOutcome(StressOp op, int index, WcStatus st)
+        {
+            if (st == WcStatus.REM_ACCESS_ERR || _run.Options.FailRate > 0)
+            {
+                ExpectedErrors++;
+            }
+            else
+            {
+                _run.Error($"thread {Id} op #{index} ({op}): unexpected completion {st}");
+            }
+            return st.ToString();
         }
 
         // The errnos a device command may return in a race with munmap/mprotect/truncate: counted, not violations.

@@ -15,14 +15,17 @@ internal sealed record OracleStressOptions
     /// <summary>Operations per worker before it stops (0: until <see cref="Duration"/>).</summary>
     public long MaxOperations { get; init; }
 
-    /// <summary>The arena: slots, pages a slot, and which slots are shared page-cache file mappings.</summary>
-    public StressLayout Layout { get; init; } = new(24, 32, 6);
+    /// <summary>The arena: slots, pages a slot, and which slots are shared page-cache or DAX file mappings.</summary>
+    public StressLayout Layout { get; init; } = new(24, 32, 6, 6);
 
     /// <summary>Issue device operations (dmirror and the probe device).</summary>
     public bool Devices { get; init; } = true;
 
     /// <summary>Also drive a GPU (kernels loading and storing through its MMU, VRAM migration on first touch).</summary>
     public bool Gpu { get; init; } = true;
+
+    /// <summary>Also drive a remote RDMA client (RDMA_READ / RDMA_WRITE through one ODP MR over the arena).</summary>
+    public bool Rdma { get; init; } = true;
 
     /// <summary>Make the probe device keep translations past invalidation (the oracle's self-test).</summary>
     public bool PlantStaleBug { get; init; }
@@ -84,6 +87,9 @@ internal sealed class OracleStressResult
 
     /// <summary>Failures injected by <see cref="Hetmem.Diagnostics.FaultInjection"/> (with a fail rate).</summary>
     public long InjectedFailures { get; set; }
+
+    /// <summary>Times the RDMA queue pair was reconnected after a failed work request.</summary>
+    public long RdmaReconnects { get; set; }
 
     /// <summary>Operations executed per kind.</summary>
     public long[] ByKind { get; } = new long[Enum.GetValues<StressOpKind>().Length];

@@ -71,6 +71,7 @@ internal sealed class OracleStressWorkload : IWorkload
         r.Counter("checks", o.Checks);
         r.Counter("signals", o.Signals);
         r.Counter("expected_errors", o.ExpectedErrors);
+        r.Counter("rdma_reconnects", o.RdmaReconnects);
         if (FailRate > 0)
         {
             r.Counter("injected_failures", o.InjectedFailures);

@@ -23,9 +23,9 @@ internal enum StressOpKind : byte
     Mremap,
     /// <summary>fork: the child checks its copy of a range, writes it, exits; the parent must not see the child's values.</summary>
     Fork,
-    /// <summary>Punch a hole in a page-cache file slot's file (reads zero after).</summary>
+    /// <summary>Punch a hole in a shared (page-cache or DAX) file slot's file (reads zero after).</summary>
     PunchHole,
-    /// <summary>Truncate a page-cache file slot's file to the range start, then back to full size (reads zero after).</summary>
+    /// <summary>Truncate a shared (page-cache or DAX) file slot's file to the range start, then back to full size (reads zero after; beyond EOF in between).</summary>
     Truncate,
     /// <summary>Direct reclaim of a few pages of the whole address space (memory pressure).</summary>
     Reclaim,
@@ -47,6 +47,10 @@ internal enum StressOpKind : byte
     GpuLoad,
     /// <summary>A GPU kernel stores a fresh value (the page may migrate to VRAM on first touch).</summary>
     GpuStore,
+    /// <summary>A remote client's RDMA_READ of a page's first word through the ODP MR over the arena, checked by the oracle.</summary>
+    RemoteRead,
+    /// <summary>A remote client's RDMA_WRITE of a fresh value to a page's first word through the ODP MR.</summary>
+    RemoteWrite,
 }
 
 /// <summary>
@@ -64,10 +68,22 @@ internal readonly record struct StressOp(StressOpKind Kind, int Slot, int Page, 
 /// <param name="Slots">Number of slots.</param>
 /// <param name="SlotPages">Pages a slot.</param>
 /// <param name="FileSlotEvery">Every n-th slot (n-1, 2n-1, …) is a shared page-cache file mapping; 0 for none.</param>
-internal readonly record struct StressLayout(int Slots, int SlotPages, int FileSlotEvery)
+/// <param name="DaxSlotEvery">Slots 2, n+2, 2n+2, … (n ≥ 3) that are not page-cache slots are MAP_SHARED mappings of
+/// a file on a DAX file system; 0 for none.</param>
+internal readonly record struct StressLayout(int Slots, int SlotPages, int FileSlotEvery, int DaxSlotEvery = 0)
 {
     /// <summary>True when slot <paramref name="slot"/> is a shared page-cache file mapping.</summary>
     public bool IsFileSlot(int slot) => FileSlotEvery > 0 && slot % FileSlotEvery == FileSlotEvery - 1;
+
+    /// <summary>True when slot <paramref name="slot"/> is a shared mapping of a DAX file.</summary>
+    public bool IsDaxSlot(int slot) => DaxSlotEvery >= 3 && slot % DaxSlotEvery == 2 && !IsFileSlot(slot);
+
+    /// <summary>True when slot <paramref name="slot"/> maps a file MAP_SHARED (page cache or DAX): truncate and punch
+    /// hole apply, munmap/mmap/mremap/fork do not.</summary>
+    public bool IsSharedSlot(int slot) => IsFileSlot(slot) || IsDaxSlot(slot);
+
+    /// <summary>True when any slot maps a file.</summary>
+    public bool HasFileSlots => FileSlotEvery > 0 || DaxSlotEvery >= 3;
 
     /// <summary>Pages in the arena.</summary>
     public int Pages => Slots * SlotPages;
@@ -103,6 +119,8 @@ internal sealed class StressOpGenerator
         4,  // ProbeWrite
         3,  // GpuLoad
         2,  // GpuStore
+        4,  // RemoteRead
+        3,  // RemoteWrite
     ];
 
     private static readonly int s_total = s_weights.Sum();
@@ -132,18 +150,18 @@ internal sealed class StressOpGenerator
             int pages = _random.Next(8) == 0 ? _random.Next(1, _layout.SlotPages + 1) : _random.Next(1, 9);
             int page = _random.Next(_layout.SlotPages - pages + 1);
             int arg = _random.Next(4);
-            bool file = _layout.IsFileSlot(slot);
+            bool file = _layout.IsSharedSlot(slot);
             switch (kind)
             {
                 case StressOpKind.CpuWrite or StressOpKind.CpuRead or StressOpKind.ProbeRead or StressOpKind.ProbeWrite
-                    or StressOpKind.GpuLoad or StressOpKind.GpuStore:
+                    or StressOpKind.GpuLoad or StressOpKind.GpuStore or StressOpKind.RemoteRead or StressOpKind.RemoteWrite:
                     return new StressOp(kind, slot, page, 1, arg);
                 case StressOpKind.Munmap or StressOpKind.Mmap or StressOpKind.Mremap or StressOpKind.Fork when file:
                 case StressOpKind.PunchHole or StressOpKind.Truncate when !file:
                     continue;
                 case StressOpKind.Mremap:
                     int target = _random.Next(_layout.Slots);
-                    if (target == slot || _layout.IsFileSlot(target))
+                    if (target == slot || _layout.IsSharedSlot(target))
                     {
                         continue;
                     }
