@@ -159,20 +159,21 @@ public sealed unsafe partial class AddressSpace
             return false;
         }
         bool split = false;
-        Lock l0 = PtlFor(first);
-        Lock? l1 = second == null ? null : PtlFor(second);
-        if (l1 == l0)
-        {
-            l1 = null;
-        }
-        if (l1 is not null && (nuint)second < (nuint)first)
-        {
-            (l0, l1) = (l1, l0); // a fixed order between the two page-table locks
-        }
+        // A fixed order between the two page-table locks: the lower stripe first (the locks are striped, so two
+        // pairs of tables could otherwise take the same two stripes in opposite orders). Each lookup (PtlFor carries
+        // a schedule point) sits right before its Enter, so no point separates a lookup from its acquisition.
+        bool lowerSecond = second != null && PtlStripe(second) < PtlStripe(first);
+        Lock l0 = PtlFor(lowerSecond ? second : first);
         l0.Enter();
-        l1?.Enter();
+        Lock? l1 = null;
         try
         {
+            Lock? other = second == null ? null : PtlFor(lowerSecond ? first : second);
+            if (other is not null && other != l0) // both tables may hash to one stripe: then it is held once
+            {
+                other.Enter();
+                l1 = other;
+            }
             int inTable = 0;
             if (second == null)
             {

@@ -152,11 +152,18 @@ public sealed unsafe partial class AddressSpace : IMappingSpace, IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong* TablePtr(ulong pfn) => (ulong*)Memory.Address(pfn);
 
+    /// <summary>
+    /// The stripe of the page-table lock protecting <paramref name="entry"/>. Code that holds two page-table locks at
+    /// once takes them in increasing stripe order (the locks are striped, so ordering by table address is not enough).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int PtlStripe(ulong* entry) => (int)(((nuint)entry >> 12) % PtlStripes);
+
     /// <summary>The split page-table lock protecting the entry at <paramref name="entry"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal Lock PtlFor(ulong* entry)
     {
-        Lock l = _ptl[((nuint)entry >> 12) % PtlStripes];
+        Lock l = _ptl[PtlStripe(entry)];
         SchedulePoint.BeforeAcquire(l, "ptl");
         return l;
     }

@@ -256,6 +256,7 @@ public abstract class Inode : IMappable
                 return;
             }
             BeforeResizeLocked(old, size);
+            Diagnostics.Scheduling.SchedulePoint.BeforeEnterWrite(_invalidateLock, "invalidate_lock_write");
             _invalidateLock.EnterWriteLock();
             try
             {
@@ -308,6 +309,7 @@ public abstract class Inode : IMappable
             }
             ulong end = offset + length >= size ? Page.AlignUp(size, UnmapGranule) : offset + length;
             PrepareHoleLocked(offset, end);
+            Diagnostics.Scheduling.SchedulePoint.BeforeEnterWrite(_invalidateLock, "invalidate_lock_write");
             _invalidateLock.EnterWriteLock();
             try
             {
@@ -460,6 +462,7 @@ public abstract class Inode : IMappable
             {
                 return;
             }
+            Diagnostics.Scheduling.SchedulePoint.BeforeEnterWrite(_invalidateLock, "invalidate_lock_write");
             _invalidateLock.EnterWriteLock();
             try
             {

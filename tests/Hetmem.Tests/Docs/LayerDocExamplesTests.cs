@@ -181,6 +181,7 @@ public sealed class LayerDocExamplesTests : IDisposable
     [InlineData("gpu.md")]
     [InlineData("rdma.md")]
     [InlineData("cli.md")]
+    [InlineData("races.md")]
     [InlineData("stress.md")]
     public void EveryLayerPageHasOverviewLockingAndExamplesInThatOrder(string page)
     {

@@ -90,6 +90,39 @@ public sealed class ControlledSchedulerTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void AThreadBlockedOnALockThatItsHolderReleasesAfterItsLastPointRunsOnceTheHolderFinishes()
+    {
+        Func<RaceScenario> factory = () =>
+        {
+            var l = new Lock();
+            int[] entered = [0];
+            return new RaceScenario { Check = () => RaceKit.Require(entered[0] == 2, $"{entered[0]} threads entered the lock") }
+                .Thread("holder", () =>
+                {
+                    SchedulePoint.BeforeAcquire(l, "acquire");
+                    lock (l)
+                    {
+                        entered[0]++;
+                        SchedulePoint.Here("inside");
+                    } // released with no point after it: the thread finishes next
+                })
+                .Thread("waiter", () =>
+                {
+                    SchedulePoint.Here("before");
+                    SchedulePoint.BeforeAcquire(l, "acquire");
+                    lock (l)
+                    {
+                        entered[0]++;
+                    }
+                });
+        };
+        ExplorationReport report = RaceKit.Explore(output, "release at finish", factory, new BoundedDfsStrategy(2, 1000));
+        Assert.True(report.Exhausted);
+        Assert.True(report.DistinctSchedules >= 3, $"only {report.DistinctSchedules} schedules explored");
+        Assert.Equal(0, report.ViolationCount);
+    }
+
+    [Fact]
     public void BlockingOnALockWithoutAHookIsReportedAsAnUncontrolledBlockAndTheThreadsStillFinish()
     {
         Func<RaceScenario> factory = () =>

@@ -55,7 +55,6 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
             {
                 _ = deviceCpu.Read<byte>(target);
             }
-            ReaderWriterLockSlim invalidateLock = fh.Inode.InvalidateLock;
             var recycled = new List<ulong>();
             bool truncated = false;
             var reads = new List<(Errno Result, byte[] Seen)>();
@@ -64,8 +63,6 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
                     $"{when}: the device still translates 0x{target:x} → PFN 0x{pfn:x} after truncate returned");
             return new RaceScenario
             {
-                // The inode's invalidate lock has no schedule point: a thread holding it runs on without switching.
-                Atomic = () => invalidateLock.IsWriteLockHeld || invalidateLock.IsReadLockHeld,
                 Check = () =>
                 {
                     RequireNoTranslation("at the end");
@@ -146,7 +143,6 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
                 _ = cpu.Read<byte>(target);
             }
             var mirror = new RaceMirror(mm, map, 2 * Page.Size, buggyDevice);
-            ReaderWriterLockSlim invalidateLock = fh.Inode.InvalidateLock;
             var recycled = new List<ulong>();
             mirror.OnDeviceUse = (va, pfn, _) =>
             {
@@ -158,7 +154,6 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
             };
             return new RaceScenario
             {
-                Atomic = () => invalidateLock.IsWriteLockHeld || invalidateLock.IsReadLockHeld,
                 Check = () => RaceKit.Require(!mirror.TryGet(target, out ulong pfn, out _), $"the device still translates 0x{target:x} → PFN 0x{pfn:x} after truncate"),
                 Cleanup = () =>
                 {
@@ -194,9 +189,9 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
         ExplorationReport report = RaceKit.Explore(_output, $"truncate vs remote read (prefaulted={prefaulted})", Scenario(prefaulted),
             new BoundedDfsStrategy(preemptionBound: 3, maxExecutions: 5000));
         Assert.True(report.Exhausted, "the bounded space should be explored completely");
-        // Small on purpose: the inode's invalidate lock has no schedule point yet, so truncate's unmap-and-free section
-        // is one atomic step for the scheduler (see docs/races.md); the device's points still interleave around it.
-        Assert.True(report.DistinctSchedules >= 6, $"only {report.DistinctSchedules} schedules explored");
+        // The inode's invalidate lock has schedule points (truncate's write side, the fault's read side), so the
+        // device's fault interleaves inside truncate's unmap-and-free section too (6 schedules before it had them).
+        Assert.True(report.DistinctSchedules >= 100, $"only {report.DistinctSchedules} schedules explored");
         Assert.Equal(0, report.ViolationCount);
     }
 
@@ -206,10 +201,15 @@ public sealed class TruncateVersusRemoteReadRaceTests : IDisposable
         ExplorationReport good = RaceKit.Explore(_output, "truncate vs mirror read", MirrorScenario(buggyDevice: false),
             new BoundedDfsStrategy(preemptionBound: 3, maxExecutions: 5000));
         Assert.True(good.Exhausted);
+        Assert.True(good.DistinctSchedules >= 100, $"only {good.DistinctSchedules} schedules explored");
         Assert.Equal(0, good.ViolationCount);
         ExplorationReport bad = RaceKit.Explore(_output, "truncate vs planted-bug mirror read", MirrorScenario(buggyDevice: true),
-            new BoundedDfsStrategy(preemptionBound: 3, maxExecutions: 5000), new ExplorationOptions { StopOnFirstViolation = true });
-        ExecutionResult found = Assert.Single(bad.Violations);
+            new BoundedDfsStrategy(preemptionBound: 3, maxExecutions: 5000), new ExplorationOptions { KeepViolations = int.MaxValue });
+        Assert.True(bad.Exhausted);
+        Assert.True(bad.ViolationCount > 0, "the exploration missed the planted bug");
+        Assert.All(bad.Violations, v => Assert.False(v.Aborted || v.Abandoned, v.Failure));
+        RaceKit.Log(_output, $"planted bug vs truncate: {bad.ViolationCount} of {bad.Executions} schedules violate");
+        ExecutionResult found = bad.Violations[0];
         Assert.Contains("remote read", found.Failure);
         ExecutionResult again = RaceExplorer.Replay(MirrorScenario(buggyDevice: true), found.Schedule);
         Assert.Equal(found.Failure, again.Failure);

@@ -47,8 +47,8 @@ internal sealed class ExecutionResult
 /// </summary>
 /// <remarks>
 /// <para><b>Blocking.</b> A thread at a <c>Before…</c> hook whose probe says it would block is <i>blocked</i>: not
-/// offered to the strategy until some thread passed another point (the epoch moved), then offered again and re-probed
-/// when chosen. No thread enabled while some are unfinished is a deadlock. Blocking on a lock that has no hook (or
+/// offered to the strategy until some thread passed another point or finished (the epoch moved), then offered again
+/// and re-probed when chosen. No thread enabled while some are unfinished is a deadlock. Blocking on a lock that has no hook (or
 /// holding such a lock across a point another thread may need it at) stalls the run: a watchdog reports it as an
 /// uncontrolled block after <c>hangTimeout</c> of no progress and lets the threads run free so they can finish. Tests
 /// avoid it with the <c>atomic</c> guard: while it returns true on the running thread, points are not decisions.</para>
@@ -330,6 +330,7 @@ internal sealed class ControlledScheduler
     private void Finish(LogicalThread self)
     {
         self.State = RunState.Done;
+        _epoch++; // finishing is progress: the thread may have released a lock after its last point
         Interlocked.Increment(ref _progress);
         if (!_freeRun)
         {
