@@ -128,13 +128,6 @@ public sealed class DmirrorFuzzTests
         // What the driver must do, from the input alone (lib/test_hmm.c).
         ulong size = op.Npages << 12;
         bool validRange = op.Addr % P == 0 && op.Addr < op.Addr + size;
-        if (op.Command == DmirrorCommand.CheckExclusive && validRange && size / P > 1 << 20)
-        {
-            // Known bug (not in this folder's files): DmirrorPageTable.AnyWithTag walks every VPN of the range, so
-            // CHECK_EXCLUSIVE over 2^40 valid pages spins for hours. The kernel's loop is as linear, but Hetmem's
-            // sparse table can visit only the leaves it has, as EraseRange does. Constrained out until fixed.
-            return;
-        }
         bool knownCommand = op.Command is >= DmirrorCommand.Read and <= DmirrorCommand.Flags;
         ulong n = validRange ? size / P : 0;
         byte[] dataBefore = Snapshot(cpu, A, R);       // (reading faults pages in: take it before the maps)

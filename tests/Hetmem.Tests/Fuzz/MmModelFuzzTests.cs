@@ -107,12 +107,10 @@ public sealed class MmModelFuzzTests : IDisposable
         (2, Gen.Select(s_addr, s_len, Gen.OneOf(Advice.DontNeed, Advice.WillNeed, Advice.Free, Advice.PopulateWrite, (Advice)999), (a, l, v) => (Op)new MadviseOp(a, l, v))),
         (2, Gen.Select(s_addr, s_len, s_len, Gen.OneOf(MremapFlags.None, MremapFlags.MayMove, MremapFlags.MayMove | MremapFlags.Fixed, (MremapFlags)8), s_addr,
             (a, o, n, f, t) => (Op)new MremapOp(a, o, n, f, t))),
-        // Known bugs (AddressSpace.PfnMap.cs, not this folder's): MapPfnRange installs present entries even for PROT_NONE,
-        // which the invariant checker rejects (remap_pfn_range with PAGE_NONE installs PROT_NONE entries); and it takes a
-        // free, aligned address as is even below mmap_min_addr or beyond TASK_SIZE (a VMA at 0xf000, page tables that
-        // Exit never frees). PROT_NONE PFN maps and such addresses (replaced by 0, "anywhere") are kept out until fixed.
+        // PFN maps take their address as a hint (mmap's rules: raised to mmap_min_addr, anywhere when it does not fit);
+        // the model places them only at addresses that fit, so hints outside user space become 0 ("anywhere") here.
         (2, Gen.Select(s_addr, Gen.Int[0, 3], Gen.OneOf(1UL, 2UL, 0UL, TaskSize, ulong.MaxValue), s_prot,
-            (a, k, c, p) => (Op)new PfnMapOp(a >= MinAddr && c <= TaskSize / P && a <= TaskSize - c * P ? a : 0, k, c, p == Prot.None ? Prot.Read : p))),
+            (a, k, c, p) => (Op)new PfnMapOp(a >= MinAddr && c <= TaskSize / P && a <= TaskSize - c * P ? a : 0, k, c, p))),
         (1, Gen.Int[0, 11].Select(i => (Op)new ForkOp(W + (ulong)i * P))));
 
     [Fact]
@@ -488,10 +486,8 @@ public sealed class MmModelFuzzTests : IDisposable
                 List<Vma> vmas = Vmas(mm, a.Addr, a.Addr + len);
                 if (a.Advice == Advice.DontNeed && vmas.Any(v => v.Kind == VmaKind.HugeTlb && Math.Max(a.Addr, v.Start) % Huge != 0))
                 {
-                    // Known bug (AddressSpace.Madvise.cs, not this folder's): the kernel refuses MADV_DONTNEED on a hugetlb
-                    // VMA whose part of the range does not start on a huge page (madvise_dontneed_free_valid_vma: EINVAL);
-                    // Hetmem rounds the start up and succeeds. Not decided here until it is fixed.
-                    return null;
+                    // madvise_dontneed_free_valid_vma: a hugetlb VMA whose part of the range starts off a huge page.
+                    return Errno.EINVAL;
                 }
                 if (a.Advice is Advice.DontNeed or Advice.Free && vmas.Any(v => v.Kind == VmaKind.PfnMap)
                     || a.Advice == Advice.Free && vmas.Any(v => v.Kind != VmaKind.Anonymous))
