@@ -17,33 +17,7 @@ public sealed class HmmTests : IDisposable
         HmmSelfTests.Output = _output;
     }
 
-    /// <summary>
-    /// Kernel cases that fail for a reason outside the device and the port, kept out of the green run and listed by
-    /// <c>hetmem selftest</c> as "not ok" with their failure; each is checked to still fail with exactly that reason.
-    /// Remove an entry when its gap closes.
-    /// </summary>
-    internal static readonly IReadOnlyDictionary<string, string> KnownGaps = new Dictionary<string, string>
-    {
-        // lib/test_hmm.c (linux-mm 05ab5121): dmirror_allocate_chunk carves a node's first chunk into single pages, and a
-        // large allocation on an empty folio list adds a chunk with memremap_pages over the same SPM range, which
-        // conflicts and fails; so a coherent node never holds a device THP, the FAIL_ALLOC on MIGRATE_TO_SYS meets an
-        // order-0 device page and dmirror_devmem_fault_alloc_and_copy returns VM_FAULT_OOM (-ENOMEM). The kernel fails
-        // this coherent variant the same way (its CI runs only the private one).
-        ["hmm.hmm_device_coherent.migrate_anon_huge_err"] = "ENOMEM",
-    };
-
-    public static TheoryData<string> KernelCaseNames => [.. HmmSelfTests.Cases.Select(c => c.Name).Where(n => !KnownGaps.ContainsKey(n))];
-
-    public static TheoryData<string> KnownGapCaseNames => [.. KnownGaps.Keys];
-
-    [Theory]
-    [MemberData(nameof(KnownGapCaseNames))]
-    public void KnownGapCasesStillFailForTheirStatedReason(string name)
-    {
-        HmmSelfTestCase c = HmmSelfTests.Find(name);
-        HmmTestFailure f = Assert.Throws<HmmTestFailure>(c.Run);
-        Assert.Contains(KnownGaps[name], f.Message, StringComparison.Ordinal);
-    }
+    public static TheoryData<string> KernelCaseNames => [.. HmmSelfTests.Cases.Select(c => c.Name)];
 
     public static TheoryData<string> HetmemCaseNames => [.. HmmSelfTests.ExtraCases.Select(c => c.Name)];
 

@@ -7,9 +7,10 @@ namespace Hetmem.Devices.Dmirror;
 /// dmirror_chunk with its dev_pagemap). The per-page arrays play the role of <c>page-&gt;zone_device_data</c>.
 /// </summary>
 /// <remarks>
-/// Locking: <see cref="Remove"/> and <see cref="Link"/> are guarded by the device's free-list lock. <see cref="Backing"/>,
-/// <see cref="Owner"/> and <see cref="Order"/> of a page are written only while the page is exclusively owned (just
-/// allocated, or being freed by its last reference) and read by whoever holds a reference to the page.
+/// Locking: <see cref="Remove"/>, <see cref="Link"/>, <see cref="Prev"/> and <see cref="FreeSingles"/> are guarded
+/// by the device's free-list lock. <see cref="Backing"/>, <see cref="Owner"/> and <see cref="Order"/> of a page are
+/// written only while the page is exclusively owned (just allocated, or being freed by its last reference) and read by
+/// whoever holds a reference to the page.
 /// </remarks>
 internal sealed class DmirrorChunk
 {
@@ -22,7 +23,9 @@ internal sealed class DmirrorChunk
         Array.Fill(Backing, Page.NoPfn);
         Owner = new DmirrorFile?[n];
         Link = new ulong[n];
+        Prev = new ulong[n];
         Order = new byte[n];
+        FreeSingles = new int[(n + FolioPages - 1) / FolioPages];
         BackingSplit = new bool[(n + FolioPages - 1) / FolioPages];
     }
 
@@ -58,6 +61,15 @@ internal sealed class DmirrorChunk
 
     /// <summary>Per free page (or free folio head): the next PFN on its free list, or <see cref="Page.NoPfn"/>.</summary>
     public readonly ulong[] Link;
+
+    /// <summary>Per page on the single-page free list: the previous PFN on that list, or <see cref="Page.NoPfn"/> at its head.</summary>
+    public readonly ulong[] Prev;
+
+    /// <summary>
+    /// Per 512-page region: how many of its pages are on the single-page free list (guarded by the device's free-list
+    /// lock). A coherent node takes a device folio from a region whose pages are all free.
+    /// </summary>
+    public readonly int[] FreeSingles;
 
     /// <summary>
     /// Per allocated page: 0 for a single page, 9 for the head of a 512-page folio, <see cref="FolioMember"/> for the other

@@ -14,7 +14,8 @@ namespace Hetmem.Devices.Dmirror;
 /// the kernel driver does. A device-coherent node registers its special-purpose memory (one host arena of one
 /// chunk, allocated with the node) as <see cref="MemoryType.DeviceCoherent"/>: the device pages hold the data
 /// themselves and the CPU maps them with ordinary entries. Since every coherent chunk starts at that same arena, a
-/// coherent node never grows past one chunk.</para>
+/// coherent node never grows past one chunk; its 512-page folios are taken from wholly free PMD-aligned regions of the
+/// single-page list instead (a deliberate difference from lib/test_hmm.c, whose coherent node holds no THP).</para>
 /// <para><b>Locking.</b> <c>_devmemLock</c> (kernel: devmem_lock) serialises chunk creation and removal;
 /// <c>_lock</c> (kernel: the device spinlock, a leaf) protects the free lists, the counters and
 /// <see cref="DmirrorChunk.Remove"/>. The chunk table is copy-on-write so <see cref="PageFree"/> finds chunks
@@ -200,8 +201,9 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
     }
 
     /// <summary>
-    /// Adds a chunk of device memory (kernel: dmirror_allocate_chunk). A chunk made for a large request is carved
-    /// into PMD-aligned 512-page folios; otherwise every page goes on the single list. With <paramref name="wantPage"/>
+    /// Adds a chunk of device memory (kernel: dmirror_allocate_chunk). A private chunk made for a large request is
+    /// carved into PMD-aligned 512-page folios; otherwise (and always on a coherent node, whose folios are taken from
+    /// wholly free regions of the single list) every page goes on the single list. With <paramref name="wantPage"/>
     /// one page (or folio) is taken from the new chunk and returned in <paramref name="pfn"/>.
     /// </summary>
     private Errno AllocateChunk(bool large, bool wantPage, out ulong pfn)
@@ -245,15 +247,14 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
             ulong last = first + chunk.PageCount;
             for (ulong p = first; p < last;)
             {
-                if (large && Page.IsAligned(p, FolioPages) && p + FolioPages <= last)
+                if (large && IsPrivate && Page.IsAligned(p, FolioPages) && p + FolioPages <= last)
                 {
                     chunk.Link[chunk.Offset(p)] = _freeFolios;
                     _freeFolios = p;
                     p += FolioPages;
                     continue;
                 }
-                chunk.Link[chunk.Offset(p)] = _freePages;
-                _freePages = p;
+                PushSingleLocked(chunk, p);
                 p++;
             }
             if (!wantPage)
@@ -267,17 +268,101 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
 
     private ulong PopLocked(bool large)
     {
-        ref ulong head = ref large ? ref _freeFolios : ref _freePages;
-        ulong p = head;
-        if (p == Page.NoPfn)
+        ulong p;
+        DmirrorChunk? c;
+        if (!large)
         {
-            return p;
+            p = _freePages;
+            if (p == Page.NoPfn)
+            {
+                return p;
+            }
+            c = FindChunk(p)!;
+            UnlinkSingleLocked(c, p);
         }
-        DmirrorChunk c = FindChunk(p)!;
-        head = c.Link[c.Offset(p)];
+        else if (_freeFolios != Page.NoPfn)
+        {
+            p = _freeFolios;
+            c = FindChunk(p)!;
+            _freeFolios = c.Link[c.Offset(p)];
+        }
+        else if (IsPrivate || (p = TakeFreeRegionLocked(out c)) == Page.NoPfn)
+        {
+            return Page.NoPfn;
+        }
         _calloc += large ? FolioPages : 1;
-        c.InUse += large ? (long)FolioPages : 1;
+        c!.InUse += large ? (long)FolioPages : 1;
         return p;
+    }
+
+    /// <summary>
+    /// Takes a device folio out of a coherent node's single-page list: the first PMD-aligned 512-page region of a
+    /// current chunk whose pages are all free is unlinked page by page. A coherent node cannot add a chunk for a large
+    /// request (its special-purpose memory is taken by the first), so its folios come from the single pages.
+    /// </summary>
+    /// <returns>The head PFN of the region, or <see cref="Page.NoPfn"/> when no region is wholly free.</returns>
+    private ulong TakeFreeRegionLocked(out DmirrorChunk? chunk)
+    {
+        foreach (DmirrorChunk c in Volatile.Read(ref _chunks))
+        {
+            for (int r = 0; r < c.FreeSingles.Length; r++)
+            {
+                ulong head = c.FirstPfn + (ulong)r * FolioPages;
+                if (c.FreeSingles[r] != (int)FolioPages || !Page.IsAligned(head, FolioPages) || head + FolioPages > c.FirstPfn + c.PageCount)
+                {
+                    continue;
+                }
+                for (ulong k = 0; k < FolioPages; k++)
+                {
+                    UnlinkSingleLocked(c, head + k);
+                }
+                chunk = c;
+                return head;
+            }
+        }
+        chunk = null;
+        return Page.NoPfn;
+    }
+
+    /// <summary>Pushes free page <paramref name="pfn"/> of <paramref name="c"/> on the single-page list. Caller holds <c>_lock</c>.</summary>
+    private void PushSingleLocked(DmirrorChunk c, ulong pfn)
+    {
+        int off = c.Offset(pfn);
+        ulong next = _freePages;
+        c.Link[off] = next;
+        c.Prev[off] = Page.NoPfn;
+        if (next != Page.NoPfn)
+        {
+            DmirrorChunk nc = c.Contains(next) ? c : FindChunk(next)!;
+            nc.Prev[nc.Offset(next)] = pfn;
+        }
+        _freePages = pfn;
+        c.FreeSingles[off / DmirrorChunk.FolioPages]++;
+    }
+
+    /// <summary>Takes free page <paramref name="pfn"/> of <paramref name="c"/> off the single-page list. Caller holds <c>_lock</c>.</summary>
+    private void UnlinkSingleLocked(DmirrorChunk c, ulong pfn)
+    {
+        int off = c.Offset(pfn);
+        ulong next = c.Link[off];
+        ulong prev = c.Prev[off];
+        if (prev == Page.NoPfn)
+        {
+            _freePages = next;
+        }
+        else
+        {
+            DmirrorChunk pc = c.Contains(prev) ? c : FindChunk(prev)!;
+            pc.Link[pc.Offset(prev)] = next;
+        }
+        if (next != Page.NoPfn)
+        {
+            DmirrorChunk nc = c.Contains(next) ? c : FindChunk(next)!;
+            nc.Prev[nc.Offset(next)] = prev;
+        }
+        c.Link[off] = Page.NoPfn;
+        c.Prev[off] = Page.NoPfn;
+        c.FreeSingles[off / DmirrorChunk.FolioPages]--;
     }
 
     /// <summary>
@@ -375,15 +460,18 @@ public sealed unsafe partial class DmirrorDevice : IDevicePageMapOps, IDisposabl
                 return;
             }
             _cfree += (ulong)n;
-            if (order != 0)
+            if (order != 0 && IsPrivate)
             {
                 c.Link[off] = _freeFolios;
                 _freeFolios = pfn;
             }
             else
             {
-                c.Link[off] = _freePages;
-                _freePages = pfn;
+                // A coherent folio returns as single pages: its region, wholly free again, can be a folio next time.
+                for (int k = 0; k < n; k++)
+                {
+                    PushSingleLocked(c, pfn + (ulong)k);
+                }
             }
         }
     }
