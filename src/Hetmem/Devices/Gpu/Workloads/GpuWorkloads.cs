@@ -181,41 +181,28 @@ public static class GpuWorkloads
         }
     }
 
-    private static (bool, string) Check(Cpu cpu, ulong va, long n, Func<long, double> expected)
-    {
-        var buf = new double[Chunk];
-        for (long i = 0; i < n; i += Chunk)
-        {
-            int m = (int)Math.Min(Chunk, n - i);
-            cpu.Read(va + (ulong)i * 8, MemoryMarshal.AsBytes(buf.AsSpan(0, m)));
-            for (int k = 0; k < m; k++)
-            {
-                double e = expected(i + k);
-                if (buf[k] != e)
-                {
-                    return (false, $"element {i + k}: GPU {buf[k]}, CPU reference {e}");
-                }
-            }
-        }
-        return (true, $"{n} elements equal the CPU reference");
-    }
+    private static (bool, string) Check(Cpu cpu, ulong va, long n, Func<long, double> expected) => Check(cpu, va, n, expected, "element", "elements");
 
-    private static (bool, string) Check(Cpu cpu, ulong va, long n, Func<long, long> expected)
+    private static (bool, string) Check(Cpu cpu, ulong va, long n, Func<long, long> expected) => Check(cpu, va, n, expected, "entry", "entries");
+
+    // Reads n 8-byte values back through the CPU, a chunk at a time, and compares each with the CPU reference.
+    private static (bool, string) Check<T>(Cpu cpu, ulong va, long n, Func<long, T> expected, string what, string whatPlural)
+        where T : unmanaged, IEquatable<T>
     {
-        var buf = new long[Chunk];
+        var buf = new T[Chunk];
         for (long i = 0; i < n; i += Chunk)
         {
             int m = (int)Math.Min(Chunk, n - i);
             cpu.Read(va + (ulong)i * 8, MemoryMarshal.AsBytes(buf.AsSpan(0, m)));
             for (int k = 0; k < m; k++)
             {
-                long e = expected(i + k);
-                if (buf[k] != e)
+                T e = expected(i + k);
+                if (!buf[k].Equals(e))
                 {
-                    return (false, $"entry {i + k}: GPU {buf[k]}, CPU reference {e}");
+                    return (false, $"{what} {i + k}: GPU {buf[k]}, CPU reference {e}");
                 }
             }
         }
-        return (true, $"{n} entries equal the CPU reference");
+        return (true, $"{n} {whatPlural} equal the CPU reference");
     }
 }
